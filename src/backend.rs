@@ -1,0 +1,95 @@
+//! Built-in TCP backends: the original demo's banner server and an echo
+//! server. `postern backend` runs one on its own; `postern server --backend
+//! builtin:MODE` runs one in-process beside the tunnel server (one container,
+//! one process).
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// The five-line banner of the original Cloud Run mTLS demo.
+pub const BANNER: &str = "\
+================================================================
+== Congrats!                                                  ==
+== If you see this message, it means                          ==
+== you've successfully run the mTLS demo on Google Cloud Run! ==
+================================================================
+";
+
+/// What a built-in backend does with each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Send the banner, then close (server speaks first).
+    Banner,
+    /// Send back everything received; half-close when the client does.
+    Echo,
+}
+
+/// `postern backend`: run a built-in TCP backend.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "POSTERN_BACKEND_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// What to do with each connection.
+    #[arg(long, value_enum, default_value = "banner")]
+    pub mode: Mode,
+}
+
+/// Runs `postern backend` until SIGINT/SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    info!(addr = %listener.local_addr()?, mode = ?args.mode, "backend listening");
+    let shutdown = crate::signal::shutdown_token();
+    serve(listener, args.mode, shutdown).await;
+    Ok(())
+}
+
+/// Serves `mode` on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, mode: Mode, shutdown: CancellationToken) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { debug!(error = %e, "backend accept failed"); continue; }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = handle(sock, mode).await {
+                debug!(%peer, error = %e, "backend connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Starts a built-in backend on an ephemeral loopback port and returns its address.
+pub async fn spawn_local(mode: Mode, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the built-in backend")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, mode, shutdown));
+    Ok(addr)
+}
+
+async fn handle(mut sock: TcpStream, mode: Mode) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    match mode {
+        Mode::Banner => {
+            sock.write_all(BANNER.as_bytes()).await?;
+            sock.shutdown().await
+        }
+        Mode::Echo => {
+            let (mut r, mut w) = sock.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+            w.shutdown().await
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Command-line interface: the `postern` command and its subcommands. Each
+//! subcommand's flags live next to its `run`, in its own module.
+
+use clap::{Parser, Subcommand};
+
+use crate::{backend, certs, client, demo, server};
+
+/// End-to-end mutual TLS for TCP services behind HTTP/2 front ends such as Google Cloud Run.
+#[derive(Debug, Parser)]
+#[command(name = "postern", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format: human-readable, or one JSON object per line (Cloud Logging).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "POSTERN_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// JSON lines.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole path (backend, server, front end, client, app) locally.
+    Demo(demo::Args),
+    /// Serve tunnels next to the backend (the Cloud Run container).
+    Server(server::Args),
+    /// Accept local connections and tunnel them to a server.
+    Client(client::Args),
+    /// Issue a private CA, a server and a client certificate.
+    Certs(certs::Args),
+    /// Run a built-in TCP backend (the original demo's banner server, or echo).
+    Backend(backend::Args),
+}
+
+/// Parses one subcommand's flags from `argv` exactly as the command line
+/// would, so the demo, benchmark and tests configure things the user's way.
+pub fn parse_args<T: clap::Args>(name: &str, argv: &[&str]) -> anyhow::Result<T> {
+    #[derive(Parser)]
+    struct One<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    let argv = std::iter::once(name).chain(argv.iter().copied());
+    One::<T>::try_parse_from(argv)
+        .map(|one| one.args)
+        .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim()))
+}

@@ -1,0 +1,361 @@
+//! The client's HTTP/2 connections to the front end, shared by its tunnels.
+//!
+//! A tunnel takes a slot on the first live connection with fewer than
+//! `max_streams` open tunnels (fill-first: fewer connections, warmer windows),
+//! and a new connection is dialled only when none has room. Streams of one
+//! connection all land on one Cloud Run instance, so `max_streams` is also the
+//! load-balancing knob; `1` gives every tunnel its own connection.
+//!
+//! A connection that ends or receives GOAWAY is dropped from the pool; its
+//! open tunnels run on until they finish, new ones go to a fresh connection.
+//! Failed dials back off exponentially so a dead front end is not hammered.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, Method, Request, Uri};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::stream::{H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// TCP connect to the front end failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// host:port dialled.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The outer TLS handshake failed (untrusted certificate, wrong name…).
+    #[error("TLS to {host}: {source}")]
+    Tls {
+        /// The front end's host name.
+        host: String,
+        /// What rustls said.
+        source: std::io::Error,
+    },
+    /// The front end does not speak HTTP/2.
+    #[error("{host} did not negotiate HTTP/2 (ALPN h2); is this an HTTP/2 front end?")]
+    NoH2 {
+        /// The front end's host name.
+        host: String,
+    },
+    /// HTTP/2 failed on the connection.
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The dial took longer than the connect timeout.
+    #[error("connecting to {0}: timed out")]
+    Timeout(String),
+}
+
+/// Where tunnels go: the parsed `--url`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The full URL the request is sent to (sets :scheme, :authority, :path).
+    pub uri: Uri,
+    /// Host name (for SNI, certificate checks and the default inner server name).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether the outer hop is TLS (`https`) or h2c (`http`).
+    pub tls: bool,
+}
+
+impl Target {
+    /// Parses `https://host[:port][/path]` or `http://…` (h2c).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?}: scheme must be https:// or http:// (h2c)")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{url:?}: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        if uri.query().is_some() {
+            return Err(format!("{url:?}: query strings are not supported"));
+        }
+        Ok(Target {
+            uri,
+            host,
+            port,
+            tls,
+        })
+    }
+}
+
+/// One pooled HTTP/2 connection.
+struct Conn {
+    send: SendRequest<Bytes>,
+    open: Arc<AtomicUsize>,
+    /// Cancelled when the connection task ends or keepalive fails.
+    dead: CancellationToken,
+    /// Set when the connection refused a new stream (GOAWAY received): its
+    /// open tunnels go on, but it takes no new ones.
+    retired: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        !self.dead.is_cancelled() && !self.retired.load(Ordering::Acquire)
+    }
+
+    fn slot(&self) -> Slot {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            send: self.send.clone(),
+            open: self.open.clone(),
+            retired: self.retired.clone(),
+        }
+    }
+}
+
+/// A stream slot taken on a pooled connection.
+struct Slot {
+    send: SendRequest<Bytes>,
+    open: Arc<AtomicUsize>,
+    retired: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    conns: Vec<Conn>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Opens tunnels to one target over pooled HTTP/2 connections.
+pub struct Connector {
+    target: Target,
+    outer: Option<Arc<rustls::ClientConfig>>,
+    max_streams: usize,
+    keepalive: Option<Duration>,
+    connect_timeout: Duration,
+    pool: Mutex<Pool>,
+}
+
+impl Connector {
+    /// A connector with no connections yet; `outer` is required for https targets.
+    pub fn new(
+        target: Target,
+        outer: Option<Arc<rustls::ClientConfig>>,
+        max_streams: usize,
+        keepalive: Option<Duration>,
+        connect_timeout: Duration,
+    ) -> Self {
+        Connector {
+            target,
+            outer,
+            max_streams: max_streams.max(1),
+            keepalive,
+            connect_timeout,
+            pool: Mutex::new(Pool::default()),
+        }
+    }
+
+    /// The target this connector dials.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Number of live pooled connections.
+    pub async fn connections(&self) -> usize {
+        let mut pool = self.pool.lock().await;
+        pool.conns.retain(Conn::usable);
+        pool.conns.len()
+    }
+
+    /// Opens a tunnel stream: sends the POST with `headers` and returns at
+    /// once, without waiting for the response (the caller may write first).
+    pub async fn open(&self, headers: &HeaderMap) -> Result<H2Stream, OpenError> {
+        // A connection may die between being picked and being used (GOAWAY
+        // in flight); one retry on a fresh pick covers that race.
+        let mut last = None;
+        for _ in 0..2 {
+            let slot = self.pick().await?;
+            let guard = StreamGuard(slot.open);
+            match self.start(slot.send, headers).await {
+                Ok(stream) => return Ok(stream.with_guard(guard)),
+                Err(e) => {
+                    debug!(error = %e, "connection refused a new stream; retrying on another");
+                    slot.retired.store(true, Ordering::Release);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last
+            .map(OpenError::H2)
+            .unwrap_or_else(|| OpenError::Timeout(self.addr())))
+    }
+
+    async fn start(
+        &self,
+        send: SendRequest<Bytes>,
+        headers: &HeaderMap,
+    ) -> Result<H2Stream, h2::Error> {
+        let mut send = send.ready().await?;
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.target.uri.clone();
+        *req.headers_mut() = headers.clone();
+        let (response, stream) = send.send_request(req, false)?;
+        Ok(H2Stream::client(stream, response))
+    }
+
+    /// Takes a stream slot on a connection with room, dialling if none has.
+    async fn pick(&self) -> Result<Slot, OpenError> {
+        // Holding the lock while dialling makes a burst of new tunnels share
+        // one new connection instead of each dialling its own.
+        let mut pool = self.pool.lock().await;
+        pool.conns.retain(Conn::usable);
+        if let Some(c) = pool
+            .conns
+            .iter()
+            .find(|c| c.open.load(Ordering::Acquire) < self.max_streams)
+        {
+            return Ok(c.slot());
+        }
+        if let Some(at) = pool.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+        match self.dial().await {
+            Ok(conn) => {
+                pool.failures = 0;
+                pool.retry_at = None;
+                let picked = conn.slot();
+                pool.conns.push(conn);
+                Ok(picked)
+            }
+            Err(e) => {
+                pool.failures += 1;
+                let backoff =
+                    Duration::from_millis(100 << pool.failures.min(6)).min(Duration::from_secs(5));
+                pool.retry_at = Some(Instant::now() + backoff);
+                warn!(error = %e, retry_in = ?backoff, "cannot reach the front end");
+                Err(e)
+            }
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.target.host, self.target.port)
+    }
+
+    async fn dial(&self) -> Result<Conn, OpenError> {
+        tokio::time::timeout(self.connect_timeout, self.dial_inner())
+            .await
+            .map_err(|_| OpenError::Timeout(self.addr()))?
+    }
+
+    async fn dial_inner(&self) -> Result<Conn, OpenError> {
+        let addr = self.addr();
+        let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
+            .await
+            .map_err(|source| OpenError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match (&self.outer, self.target.tls) {
+            (Some(outer), true) => {
+                let host = self.target.host.clone();
+                let name = ServerName::try_from(host.clone()).map_err(|e| OpenError::Tls {
+                    host: host.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                let tls = TlsConnector::from(outer.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| OpenError::Tls {
+                        host: host.clone(),
+                        source,
+                    })?;
+                if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+                    return Err(OpenError::NoH2 { host });
+                }
+                self.handshake(tls).await
+            }
+            _ => self.handshake(tcp).await,
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<Conn, OpenError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await?;
+        let dead = CancellationToken::new();
+        if let (Some(every), Some(ping)) = (self.keepalive, conn.ping_pong()) {
+            tokio::spawn(keepalive(ping, every, dead.clone()));
+        }
+        let on_end = dead.clone();
+        let addr = self.addr();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => match r {
+                    Ok(()) => info!(%addr, "HTTP/2 connection closed"),
+                    Err(e) => info!(%addr, reason = %e, "HTTP/2 connection ended"),
+                },
+                // Keepalive failure: drop the connection (and its streams).
+                _ = on_end.cancelled() => {}
+            }
+            on_end.cancel();
+        });
+        debug!(addr = %self.addr(), "HTTP/2 connection established");
+        Ok(Conn {
+            send,
+            open: Arc::new(AtomicUsize::new(0)),
+            dead,
+            retired: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+/// Sends a PING every `every`; a PONG missing for two intervals kills the
+/// connection so new tunnels dial afresh instead of stalling on a dead path.
+async fn keepalive(mut ping: h2::PingPong, every: Duration, dead: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = dead.cancelled() => return,
+        }
+        if ping.send_ping(h2::Ping::opaque()).is_err() {
+            return;
+        }
+        let pong = std::future::poll_fn(|cx| ping.poll_pong(cx));
+        match tokio::time::timeout(every * 2, pong).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                warn!("HTTP/2 keepalive: no PONG; closing the connection");
+                dead.cancel();
+                return;
+            }
+        }
+    }
+}

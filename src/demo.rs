@@ -1,0 +1,218 @@
+//! `postern demo`: the original Cloud Run mTLS demo, whole, on loopback.
+//!
+//! Mints throwaway certificates, then starts — each on an ephemeral port, all
+//! in this process — the banner backend, `postern server` (h2c), a
+//! TLS-terminating HTTP/2 front end standing in for Cloud Run, and `postern
+//! client`; finally a TCP client reads the banner through all of it. Server
+//! and client are configured through the same flags a user would type.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{self, Mode, BANNER};
+use crate::certs::{self, KeyAlg, LeafSpec};
+use crate::cli::parse_args;
+use crate::tls::{self, CertSlot};
+use crate::{client, front, pem, server};
+
+/// `postern demo`: run the whole path locally and print what each hop does.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Keep the generated certificates in this directory instead of a temporary one.
+    #[arg(long)]
+    pub keep_certs: Option<PathBuf>,
+}
+
+/// The client identity the demo issues.
+pub const CLIENT_ID: &str = "spiffe://postern.demo/client";
+
+/// Runs the demo; the error names the hop that failed.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = match &args.keep_certs {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("postern-demo-{}", std::process::id())),
+    };
+    let result = demo(&dir, started).await;
+    if args.keep_certs.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
+    println!("postern demo: TCP app -> client -> [mTLS in HTTP/2 POST, over TLS] -> front end -> h2c -> server -> backend");
+    let bundle = certs::bundle(
+        &["localhost".into()],
+        &[CLIENT_ID.into()],
+        KeyAlg::EcdsaP256,
+    )
+    .context("hop certs: issuing certificates")?;
+    let front_cert = bundle
+        .ca
+        .issue(&LeafSpec::server(&["localhost"]))
+        .context("hop certs: issuing the front end certificate")?;
+    write_files(dir, &bundle, &front_cert).context("hop certs: writing certificates")?;
+    let p = |f: &str| dir.join(f).display().to_string();
+    println!(
+        "  certs    CA, server 'localhost', client '{CLIENT_ID}' in {}",
+        dir.display()
+    );
+
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let backend = backend::spawn_local(Mode::Banner, shutdown.clone())
+        .await
+        .context("hop backend")?;
+    println!("  backend  banner TCP server        {backend}");
+
+    let server_args: server::Args = parse_args(
+        "server",
+        &[
+            "--backend",
+            &backend.to_string(),
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    )?;
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let mut server_config = server::Config::from_args(&server_args, &shutdown)
+        .await
+        .context("hop server: configuration")?;
+    server_config.reports = Some(tx);
+    let server_listener = bind().await.context("hop server")?;
+    let server_addr = server_listener.local_addr()?;
+    tokio::spawn(server::serve(
+        server_listener,
+        Arc::new(server_config),
+        shutdown.clone(),
+    ));
+    println!("  server   postern server (h2c)     {server_addr} -> {backend}, client certificate required");
+
+    let front_tls = tls::outer_server_config(CertSlot::new(pem::load_identity(
+        &dir.join("front.pem"),
+        &dir.join("front-key.pem"),
+    )?))
+    .context("hop front end: TLS configuration")?;
+    let front_listener = bind().await.context("hop front end")?;
+    let front_addr = front_listener.local_addr()?;
+    tokio::spawn(front::serve(
+        front_listener,
+        front_tls,
+        server_addr,
+        shutdown.clone(),
+    ));
+    println!("  front    TLS + HTTP/2 front end   {front_addr} -> h2c {server_addr} (stands in for Cloud Run)");
+
+    let url = format!("https://localhost:{}/", front_addr.port());
+    let client_args: client::Args = parse_args(
+        "client",
+        &[
+            "--url",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client-key.pem"),
+            "--ca",
+            &p("ca.pem"),
+            "--tls-ca",
+            &p("ca.pem"),
+        ],
+    )?;
+    let forward =
+        client::Forward::from_args(&client_args, &url).context("hop client: configuration")?;
+    let client_listener = bind().await.context("hop client")?;
+    let client_addr = client_listener.local_addr()?;
+    tokio::spawn(client::serve(
+        client_listener,
+        Arc::new(forward),
+        shutdown.clone(),
+    ));
+    println!("  client   postern client           {client_addr} -> {url}");
+
+    let received = read_banner(client_addr)
+        .await
+        .context("hop app: reading the banner")?;
+    println!(
+        "  app      TCP client read {} bytes from {client_addr}:",
+        received.len()
+    );
+    print!("{received}");
+    if received != BANNER {
+        anyhow::bail!(
+            "hop app: the banner arrived altered or incomplete ({} of {} bytes)",
+            received.len(),
+            BANNER.len()
+        );
+    }
+    let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+        .await
+        .ok()
+        .flatten()
+        .context("hop server: no tunnel report")?;
+    let identity = report.identity.map(|i| i.to_string()).unwrap_or_default();
+    println!("  identity server verified client '{identity}'; client verified server 'localhost'");
+    println!(
+        "ok: banner delivered end to end in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+async fn bind() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")
+}
+
+async fn read_banner(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut sock = TcpStream::connect(addr).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf))
+        .await
+        .context("timed out")??;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn write_files(dir: &Path, bundle: &certs::Bundle, front: &certs::Issued) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let files = [
+        ("ca.pem", bundle.ca.cert_pem()),
+        ("server.pem", bundle.server.cert_pem.clone()),
+        ("server-key.pem", bundle.server.key_pem.clone()),
+        ("client.pem", bundle.client.cert_pem.clone()),
+        ("client-key.pem", bundle.client.key_pem.clone()),
+        ("front.pem", front.cert_pem.clone()),
+        ("front-key.pem", front.key_pem.clone()),
+    ];
+    for (name, contents) in files {
+        let path = dir.join(name);
+        write_private(&path, contents.as_bytes()).with_context(|| path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes a file readable only by its owner (keys are among them).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}

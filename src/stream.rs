@@ -1,0 +1,254 @@
+//! One HTTP/2 stream as a byte pipe: [`H2Stream`] turns an h2 request or
+//! response body pair into `AsyncRead + AsyncWrite`, so TLS and plain copies
+//! can run over it as over a socket.
+//!
+//! Semantics, matching Envoy's TCP tunnelling over HTTP/2:
+//! - reads release flow-control capacity as soon as a chunk is handed over,
+//!   so the peer's window refills while at most one chunk waits here;
+//! - writes wait for send capacity and never queue more than was granted,
+//!   which bounds memory when the far side stops reading;
+//! - `shutdown` sends END_STREAM (TCP half-close), EOF is END_STREAM;
+//! - an RST_STREAM with NO_ERROR reads as EOF, any other reason as
+//!   `ConnectionReset`; dropping an unfinished stream resets it (CANCEL).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h2::client::ResponseFuture;
+use h2::{Reason, RecvStream, SendStream};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest slice handed to h2 per write. TLS records are at most ~16 KiB,
+/// so this only matters for plain tunnels, where it bounds one DATA burst.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// The receiving half: either still waiting for the response headers (client
+/// side, which writes before the `200` arrives) or reading the body.
+enum Recv {
+    Response(ResponseFuture),
+    Body(RecvStream),
+    Eof,
+}
+
+/// An h2 stream used as a bidirectional byte stream.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: Recv,
+    pending: Bytes,
+    ended: bool,
+    _guard: Option<StreamGuard>,
+}
+
+/// Decrements a connection's open-stream count when the stream is dropped.
+pub struct StreamGuard(pub Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl H2Stream {
+    /// The server side of a tunnel: the request body and the response's send half.
+    pub fn server(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self::new(send, Recv::Body(recv))
+    }
+
+    /// The client side: reads wait for a `200` response before yielding body
+    /// bytes, while writes may start at once (optimistic start).
+    pub fn client(send: SendStream<Bytes>, response: ResponseFuture) -> Self {
+        Self::new(send, Recv::Response(response))
+    }
+
+    fn new(send: SendStream<Bytes>, recv: Recv) -> Self {
+        H2Stream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            ended: false,
+            _guard: None,
+        }
+    }
+
+    /// Attaches a guard that is dropped together with the stream.
+    pub fn with_guard(mut self, guard: StreamGuard) -> Self {
+        self._guard = Some(guard);
+        self
+    }
+
+    /// Aborts the stream with RST_STREAM `reason`.
+    pub fn reset(&mut self, reason: Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+/// Maps an h2 error to io, keeping resets distinguishable.
+pub fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    let kind = match e.reason() {
+        Some(_) if e.is_reset() => io::ErrorKind::ConnectionReset,
+        _ if e.is_go_away() => io::ErrorKind::ConnectionAborted,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// The error a refused tunnel request reads as.
+#[derive(Debug, thiserror::Error)]
+#[error("tunnel refused: HTTP {status}{}", hint(*.status))]
+pub struct Refused {
+    /// The status the front end or server answered instead of 200.
+    pub status: StatusCode,
+}
+
+fn hint(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => " (missing or rejected ID token / IAM permission?)",
+        404 => " (wrong --path, or no Postern server at this URL?)",
+        405 => " (the server does not accept tunnels with this method)",
+        429 | 503 => " (server overloaded or draining; retry)",
+        502 => " (server could not reach its backend)",
+        _ => "",
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let this = &mut *self;
+            match &mut this.recv {
+                Recv::Response(fut) => match ready!(Pin::new(fut).poll(cx)) {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        this.recv = Recv::Body(resp.into_body());
+                    }
+                    Ok(resp) => {
+                        let status = resp.status();
+                        this.recv = Recv::Eof;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            Refused { status },
+                        )));
+                    }
+                    Err(e) => return Poll::Ready(read_end(e, &mut this.recv)),
+                },
+                Recv::Body(body) => match ready!(body.poll_data(cx)) {
+                    Some(Ok(chunk)) => {
+                        // Release at once: the chunk is now ours, and holding
+                        // the window would stall the peer for no benefit.
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        this.pending = chunk;
+                    }
+                    Some(Err(e)) => return Poll::Ready(read_end(e, &mut this.recv)),
+                    None => {
+                        this.recv = Recv::Eof;
+                        return Poll::Ready(Ok(()));
+                    }
+                },
+                Recv::Eof => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// Ends the read side: a reset with NO_ERROR is a graceful end (RFC 9113
+/// §8.1 lets a peer stop a body early that way), anything else an error.
+fn read_end(e: h2::Error, recv: &mut Recv) -> io::Result<()> {
+    *recv = Recv::Eof;
+    if e.is_reset() && e.reason() == Some(Reason::NO_ERROR) {
+        Ok(())
+    } else {
+        Err(h2_to_io(e))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let want = buf.len().min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => {
+                    let n = granted.min(want);
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    // The stream is closed for sending; say why if it was reset.
+                    let err = match self.send.poll_reset(cx) {
+                        Poll::Ready(Ok(reason)) => io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            format!("stream reset by peer: {reason}"),
+                        ),
+                        Poll::Ready(Err(e)) => h2_to_io(e),
+                        Poll::Pending => io::ErrorKind::BrokenPipe.into(),
+                    };
+                    return Poll::Ready(Err(err));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 frames are queued for the connection task as soon as they are sent.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.reserve_capacity(0);
+            if let Err(e) = self.send.send_data(Bytes::new(), true) {
+                // Already reset or closed: nothing left to half-close.
+                if !e.is_reset() && !e.is_go_away() {
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Per-stream receive window we advertise. The 64 KiB protocol default caps
+/// one tunnel at 64 KiB per round trip; 4 MiB carries ~200 MB/s at 20 ms RTT.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Connection receive window: room for several streams at full speed.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest DATA frame we accept; bigger frames mean fewer headers per byte.
+pub const MAX_FRAME: u32 = 256 * 1024;
+
+/// Largest header block we accept (requests carry a few small headers and at
+/// most a bearer token).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;

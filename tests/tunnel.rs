@@ -1,0 +1,253 @@
+//! End-to-end tunnels through the real stack: TCP -> postern client -> TLS
+//! front end -> h2c -> postern server -> backend, on loopback.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use postern::backend::BANNER;
+use postern::client::Forward;
+use postern::connector::{Connector, Target};
+use postern::pem;
+use postern::tls;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn banner_through_front_end_with_verified_identities() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Banner).await;
+    let mut stack = Stack::via_front(&pki, backend.addr).await;
+    let got = read_all(stack.client).await.expect("read banner");
+    assert_eq!(String::from_utf8_lossy(&got), BANNER);
+    let report = stack.report().await;
+    assert_eq!(report.outcome, Ok(()));
+    let id = report.identity.expect("server saw a client identity");
+    assert_eq!(id.uris, vec![CLIENT_ID.to_string()]);
+    assert_eq!(report.totals.inbound, BANNER.len() as u64);
+    assert_eq!(backend.accepts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_random_payload_echoes_intact() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut stack = Stack::via_front(&pki, backend.addr).await;
+    let data = random_bytes(64 << 20, 1);
+    let back = round_trip(stack.client, &data).await.expect("echo");
+    assert_eq!(back.len(), data.len());
+    assert_eq!(sha256(&back), sha256(&data));
+    let report = stack.report().await;
+    assert_eq!(report.totals.outbound, data.len() as u64);
+    assert_eq!(report.totals.inbound, data.len() as u64);
+}
+
+#[tokio::test]
+async fn half_close_reaches_backend_and_reply_still_arrives() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::HashAfterEof).await;
+    let stack = Stack::via_front(&pki, backend.addr).await;
+    let data = random_bytes(300_000, 2);
+    // The backend answers only after it sees EOF, so the reply proves the
+    // client's FIN crossed both TLS layers while the reverse path stayed open.
+    let back = round_trip(stack.client, &data).await.expect("round trip");
+    assert_eq!(String::from_utf8_lossy(&back), sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_tunnels_keep_their_own_data() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let stack = Stack::via_front(&pki, backend.addr).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100u64 {
+        let addr = stack.client;
+        tasks.spawn(async move {
+            let data = random_bytes(10_000 + (i as usize * 7919) % 200_000, 100 + i);
+            let back = round_trip(addr, &data).await.expect("echo");
+            (sha256(&back), sha256(&data))
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (got, want) = r.expect("task");
+        assert_eq!(got, want);
+        done += 1;
+    }
+    assert_eq!(done, 100);
+    assert_eq!(backend.accepts(), 100);
+}
+
+#[tokio::test]
+async fn direct_h2c_path_works_without_front_end() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let stack = Stack::direct(&pki, backend.addr).await;
+    let back = round_trip(stack.client, b"hello over h2c")
+        .await
+        .expect("echo");
+    assert_eq!(back, b"hello over h2c");
+}
+
+/// Sends a probe through the client and expects the tunnel to be refused:
+/// no reply bytes and a closed connection.
+async fn assert_refused(client: std::net::SocketAddr) {
+    let result = round_trip(client, b"must not reach the backend").await;
+    match result {
+        Ok(bytes) => assert!(bytes.is_empty(), "refused tunnel returned data: {bytes:?}"),
+        Err(e) => assert!(
+            !e.to_string().contains("timed out"),
+            "refused tunnel hung instead of closing: {e}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused_before_backend() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (server, mut reports) = start_server(
+        backend.addr,
+        &[
+            "--cert",
+            &pki.p("server.pem"),
+            "--key",
+            &pki.p("server-key.pem"),
+            "--client-ca",
+            &pki.p("ca.pem"),
+        ],
+        &shutdown,
+    )
+    .await;
+    // A client that verifies the server but presents no certificate.
+    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pem::load_roots(&pki.dir.path("ca.pem")).unwrap())
+        .with_no_client_auth();
+    let target = Target::parse(&format!("http://127.0.0.1:{}/", server.port())).unwrap();
+    let forward = Forward {
+        connector: Arc::new(Connector::new(target, None, 100, None, LIMIT)),
+        inner: Some((Arc::new(config), ServerName::try_from("localhost").unwrap())),
+        headers: Default::default(),
+        handshake_timeout: LIMIT,
+    };
+    let client = start_forward(forward, &shutdown).await;
+    assert_refused(client).await;
+    let report = tokio::time::timeout(LIMIT, reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let reason = report.outcome.expect_err("server must refuse");
+    assert!(reason.contains("handshake"), "unexpected reason: {reason}");
+    assert!(report.identity.is_none());
+    assert_eq!(backend.accepts(), 0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn client_certificate_from_another_ca_is_refused_before_backend() {
+    let pki = Pki::new();
+    let other = postern::certs::Ca::new("Other CA", postern::certs::KeyAlg::EcdsaP256).unwrap();
+    let stranger = other
+        .issue(&postern::certs::LeafSpec::client(&["spiffe://evil/client"]))
+        .unwrap();
+    write_pair(&pki.dir, "stranger", &stranger);
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut stack = Stack::build(
+        &pki,
+        backend.addr,
+        true,
+        &[
+            "--cert",
+            &pki.p("stranger.pem"),
+            "--key",
+            &pki.p("stranger-key.pem"),
+        ],
+    )
+    .await;
+    assert_refused(stack.client).await;
+    let reason = stack
+        .report()
+        .await
+        .outcome
+        .expect_err("server must refuse");
+    assert!(reason.contains("handshake"), "unexpected reason: {reason}");
+    assert_eq!(backend.accepts(), 0);
+}
+
+#[tokio::test]
+async fn server_with_the_wrong_name_is_refused_by_the_client() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut stack = Stack::build(&pki, backend.addr, true, &["--server-name", "db.internal"]).await;
+    assert_refused(stack.client).await;
+    let report = stack.report().await;
+    assert!(
+        report.outcome.is_err(),
+        "server must not count this as a tunnel"
+    );
+    assert_eq!(backend.accepts(), 0);
+}
+
+#[tokio::test]
+async fn unreachable_backend_closes_the_local_connection() {
+    let pki = Pki::new();
+    let dead = dead_addr().await;
+    let mut stack = Stack::via_front(&pki, dead).await;
+    let mut sock = TcpStream::connect(stack.client).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(LIMIT, sock.read(&mut buf))
+        .await
+        .expect("local connection left hanging");
+    assert!(matches!(r, Ok(0) | Err(_)), "expected close, got {r:?}");
+    let reason = stack.report().await.outcome.expect_err("backend was down");
+    assert!(
+        reason.contains("unreachable"),
+        "unexpected reason: {reason}"
+    );
+}
+
+#[tokio::test]
+async fn plain_tunnel_without_inner_tls() {
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (server, _reports) = start_server(backend.addr, &["--no-inner-tls"], &shutdown).await;
+    let url = format!("http://127.0.0.1:{}/", server.port());
+    let client = start_client(&url, &["--no-inner-tls"], &shutdown).await;
+    let back = round_trip(client, b"plain bytes").await.unwrap();
+    assert_eq!(back, b"plain bytes");
+    // Backend down in plain mode: the server answers 502 and the client closes.
+    let (server2, _r2) = start_server(dead_addr().await, &["--no-inner-tls"], &shutdown).await;
+    let client2 = start_client(
+        &format!("http://127.0.0.1:{}/", server2.port()),
+        &["--no-inner-tls"],
+        &shutdown,
+    )
+    .await;
+    assert_refused(client2).await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn local_reset_propagates_as_reset() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut stack = Stack::via_front(&pki, backend.addr).await;
+    let mut sock = TcpStream::connect(stack.client).await.unwrap();
+    sock.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    sock.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    // Abortive close: the tunnel must end as a failure, not a clean close.
+    sock.set_zero_linger().unwrap();
+    drop(sock);
+    let report = stack.report().await;
+    assert!(
+        report.outcome.is_err(),
+        "a reset was reported as a clean close"
+    );
+}
