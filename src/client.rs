@@ -20,6 +20,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::connector::{Connector, Target};
 use crate::pem;
 use crate::tls::{self, CertSlot};
+use crate::token::{IdTokens, TokenSource};
 use crate::tunnel::{self, Totals};
 
 /// `postern client`: the side next to the application.
@@ -55,6 +56,15 @@ pub struct Args {
     /// Leave out the inner TLS (plain tunnel).
     #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
     pub no_inner_tls: bool,
+    /// Send a Google ID token (private Cloud Run services): `metadata`
+    /// (on Google Cloud), `metadata=HOST:PORT`, `command=CMD` (e.g.
+    /// `command=gcloud auth print-identity-token`), `file=PATH` or `env=VAR`.
+    /// Fetched once, cached and refreshed before it expires; never logged.
+    #[arg(long, env = "POSTERN_ID_TOKEN", value_name = "SOURCE")]
+    pub id_token: Option<TokenSource>,
+    /// Audience of the ID token [default: the service URL without its path].
+    #[arg(long, env = "POSTERN_AUDIENCE", requires = "id_token")]
+    pub audience: Option<String>,
     /// Extra request header, 'Name: value'; repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
@@ -82,6 +92,8 @@ pub struct Forward {
     pub inner: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// Headers added to every tunnel request.
     pub headers: HeaderMap,
+    /// ID tokens for the `authorization` header, if the service is private.
+    pub tokens: Option<IdTokens>,
     /// Limit for the inner handshake.
     pub handshake_timeout: Duration,
 }
@@ -113,6 +125,10 @@ impl Forward {
         };
         let timeout = Duration::from_secs(args.connect_timeout);
         let keepalive = (args.keepalive > 0).then(|| Duration::from_secs(args.keepalive));
+        let tokens = args.id_token.clone().map(|source| {
+            let audience = args.audience.clone().unwrap_or_else(|| target.origin());
+            IdTokens::new(source, audience)
+        });
         let connector = Connector::new(
             target,
             outer,
@@ -124,6 +140,7 @@ impl Forward {
             connector: Arc::new(connector),
             inner,
             headers: parse_headers(&args.headers)?,
+            tokens,
             handshake_timeout: timeout,
         })
     }
@@ -239,7 +256,15 @@ impl Forward {
     where
         L: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = self.connector.open(&self.headers).await?;
+        let stream = match &self.tokens {
+            Some(tokens) => {
+                let mut headers = self.headers.clone();
+                let bearer = tokens.bearer().await.context("ID token")?;
+                headers.insert(http::header::AUTHORIZATION, bearer);
+                self.connector.open(&headers).await?
+            }
+            None => self.connector.open(&self.headers).await?,
+        };
         let (result, totals) = match &self.inner {
             Some((config, name)) => {
                 let handshake = TlsConnector::from(config.clone()).connect(name.clone(), stream);

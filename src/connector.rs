@@ -74,6 +74,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// `scheme://host[:port]`: the default ID token audience (Cloud Run
+    /// checks the token against the service URL, which has no path).
+    pub fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        match self.uri.port_u16() {
+            Some(port) => format!("{scheme}://{}:{port}", self.uri.host().unwrap_or_default()),
+            None => format!("{scheme}://{}", self.uri.host().unwrap_or_default()),
+        }
+    }
+
     /// Parses `https://host[:port][/path]` or `http://…` (h2c).
     pub fn parse(url: &str) -> Result<Target, String> {
         let uri: Uri = url

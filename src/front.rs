@@ -16,7 +16,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -31,15 +31,27 @@ pub async fn serve(
     upstream: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    serve_private(listener, tls, upstream, None, shutdown).await
+}
+
+/// Like [`serve`], but like a private Cloud Run service: requests without
+/// `authorization: Bearer <token>` get 401, with a token not in `tokens` 403.
+pub async fn serve_private(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    upstream: SocketAddr,
+    tokens: Option<Arc<[String]>>,
+    shutdown: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let sock = tokio::select! {
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.cancelled() => return,
         };
-        let acceptor = acceptor.clone();
+        let (acceptor, tokens) = (acceptor.clone(), tokens.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, acceptor, upstream).await {
+            if let Err(e) = connection(sock, acceptor, upstream, tokens).await {
                 debug!(error = format!("{e:#}"), "front end connection ended");
             }
         });
@@ -50,6 +62,7 @@ async fn connection(
     sock: TcpStream,
     acceptor: TlsAcceptor,
     upstream: SocketAddr,
+    tokens: Option<Arc<[String]>>,
 ) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
     let tls = acceptor.accept(sock).await.context("TLS handshake")?;
@@ -77,7 +90,15 @@ async fn connection(
         }
     });
     while let Some(next) = down.accept().await {
-        let (req, respond) = next.context("client connection")?;
+        let (req, mut respond) = next.context("client connection")?;
+        if let Some(status) = tokens.as_deref().and_then(|t| unauthorized(&req, t)) {
+            let response = Response::builder()
+                .status(status)
+                .body(())
+                .unwrap_or_default();
+            let _ = respond.send_response(response, true);
+            continue;
+        }
         let up = up.clone();
         tokio::spawn(async move {
             if let Err(e) = forward(req, respond, up).await {
@@ -86,6 +107,19 @@ async fn connection(
         });
     }
     Ok(())
+}
+
+/// The status a private service answers a request with a missing or wrong token.
+fn unauthorized(req: &Request<RecvStream>, tokens: &[String]) -> Option<StatusCode> {
+    let Some(presented) = req.headers().get(http::header::AUTHORIZATION) else {
+        return Some(StatusCode::UNAUTHORIZED);
+    };
+    let ok = presented
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| tokens.iter().any(|ok| ok == t));
+    (!ok).then_some(StatusCode::FORBIDDEN)
 }
 
 /// Forwards one request: headers, then both bodies concurrently. The request

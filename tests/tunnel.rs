@@ -133,6 +133,7 @@ async fn client_without_certificate_is_refused_before_backend() {
         connector: Arc::new(Connector::new(target, None, 100, None, LIMIT)),
         inner: Some((Arc::new(config), ServerName::try_from("localhost").unwrap())),
         headers: Default::default(),
+        tokens: None,
         handshake_timeout: LIMIT,
     };
     let client = start_forward(forward, &shutdown).await;
