@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{backend, certs, client, demo, server};
+use crate::{backend, certs, client, demo, doctor, server};
 
 /// End-to-end mutual TLS for TCP services behind HTTP/2 front ends such as Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -43,6 +43,8 @@ pub enum Command {
     Client(client::Args),
     /// Issue a private CA, a server and a client certificate.
     Certs(certs::Args),
+    /// Check every step from here to the backend, explaining failures.
+    Doctor(doctor::Args),
     /// Run a built-in TCP backend (the original demo's banner server, or echo).
     Backend(backend::Args),
 }
@@ -59,4 +61,23 @@ pub fn parse_args<T: clap::Args>(name: &str, argv: &[&str]) -> anyhow::Result<T>
     One::<T>::try_parse_from(argv)
         .map(|one| one.args)
         .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parse_args_names_the_subcommand_and_the_bad_flag() {
+        let err = parse_args::<crate::server::Args>("server", &["--bogus"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("server: "), "{text}");
+        assert!(text.contains("--bogus"), "{text}");
+    }
 }

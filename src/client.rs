@@ -267,11 +267,17 @@ impl Forward {
         };
         let (result, totals) = match &self.inner {
             Some((config, name)) => {
-                let handshake = TlsConnector::from(config.clone()).connect(name.clone(), stream);
-                let mut tls = tokio::time::timeout(self.handshake_timeout, handshake)
-                    .await
-                    .context("inner TLS handshake timed out")?
-                    .context("inner TLS handshake")?;
+                let handshake = TlsConnector::from(config.clone())
+                    .connect(name.clone(), stream)
+                    .into_fallible();
+                let mut tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err((e, stream))) => {
+                        stream.linger().await;
+                        return Err(e).context("inner TLS handshake");
+                    }
+                    Err(_) => anyhow::bail!("inner TLS handshake timed out"),
+                };
                 tunnel::splice(local, &mut tls).await
             }
             None => {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod connector;
 pub mod demo;
+pub mod doctor;
 pub mod front;
 pub mod identity;
 pub mod pem;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             Command::Client(args) => postern::client::run(args).await,
             Command::Certs(args) => postern::certs::run(args),
             Command::Backend(args) => postern::backend::run(args).await,
+            Command::Doctor(args) => postern::doctor::run(args).await,
         }
     });
     match result {

@@ -160,12 +160,15 @@ async fn tunnel(
     let send = respond.send_response(ok(), false)?;
     let stream = H2Stream::server(send, req.into_body());
     let acceptor = TlsAcceptor::from(inner[route].clone());
-    let mut tls =
-        match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(TunnelError::Handshake(e)),
-            Err(_) => return Err(TunnelError::HandshakeTimeout),
-        };
+    let handshake = acceptor.accept(stream).into_fallible();
+    let mut tls = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err((e, stream))) => {
+            stream.linger().await;
+            return Err(TunnelError::Handshake(e));
+        }
+        Err(_) => return Err(TunnelError::HandshakeTimeout),
+    };
     report.identity = tls::peer_identity(tls.get_ref().1);
     if let Some(id) = &report.identity {
         tracing::Span::current().record("identity", tracing::field::display(id));

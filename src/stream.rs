@@ -82,6 +82,21 @@ impl H2Stream {
         self
     }
 
+    /// Closes a stream after a failed TLS handshake so that the alert already
+    /// written reaches the peer: END_STREAM goes out behind the queued alert,
+    /// whereas dropping the stream would reset it and discard the alert. The
+    /// peer closes its side once it has read the alert; one that does not is
+    /// cut off after a short bound.
+    pub async fn linger(mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        let drain = async { while matches!(self.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
+
     /// Aborts the stream with RST_STREAM `reason`.
     pub fn reset(&mut self, reason: Reason) {
         self.send.send_reset(reason);
