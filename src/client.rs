@@ -29,7 +29,7 @@ pub struct Args {
     /// Local address to accept application connections on (with --url).
     #[arg(long, env = "POSTERN_CLIENT_LISTEN", requires = "url")]
     pub listen: Option<SocketAddr>,
-    /// Service URL: https://HOST[:PORT][/PATH], or http://… for h2c.
+    /// Service URL: `https://HOST[:PORT][/PATH]`, or `http://…` for h2c.
     #[arg(long, env = "POSTERN_URL")]
     pub url: Option<String>,
     /// More forwards, each LOCAL_ADDR=URL; repeatable.

@@ -1,5 +1,5 @@
 //! `postern server`: accepts HTTP/2 connections (h2c behind a front end, or
-//! TLS when self-hosted), turns each tunnel request into an [`H2Stream`],
+//! TLS when self-hosted), turns each tunnel request into an [`H2Stream`](crate::stream::H2Stream),
 //! ends the inner mTLS there and only then dials the backend.
 //!
 //! Connection handling lives here; what happens inside one tunnel request is
