@@ -55,6 +55,14 @@ pub enum OpenError {
     /// HTTP/2 failed on the connection.
     #[error("HTTP/2: {0}")]
     H2(#[from] h2::Error),
+    /// A recent dial failed; the next attempt waits for the backoff to pass.
+    #[error("{addr} was unreachable a moment ago; next attempt in {retry_in:?}")]
+    Backoff {
+        /// host:port dialled.
+        addr: String,
+        /// Time until the next dial.
+        retry_in: Duration,
+    },
     /// The dial took longer than the connect timeout.
     #[error("connecting to {0}: timed out")]
     Timeout(String),
@@ -244,8 +252,13 @@ impl Connector {
         {
             return Ok(c.slot());
         }
-        if let Some(at) = pool.retry_at {
-            tokio::time::sleep_until(at).await;
+        // While backing off, fail at once: queued tunnels must not each wait
+        // out the backoff under the lock, and their apps learn immediately.
+        if let Some(at) = pool.retry_at.filter(|at| *at > Instant::now()) {
+            return Err(OpenError::Backoff {
+                addr: self.addr(),
+                retry_in: at - Instant::now(),
+            });
         }
         match self.dial().await {
             Ok(conn) => {

@@ -252,3 +252,38 @@ async fn local_reset_propagates_as_reset() {
         "a reset was reported as a clean close"
     );
 }
+
+#[tokio::test]
+async fn unreachable_front_end_closes_every_local_connection_promptly() {
+    let pki = Pki::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let dead = dead_addr().await;
+    let url = format!("http://127.0.0.1:{}/", dead.port());
+    let (cert, key, ca) = (
+        pki.p("client.pem"),
+        pki.p("client-key.pem"),
+        pki.p("ca.pem"),
+    );
+    let client = start_client(
+        &url,
+        &["--cert", &cert, "--key", &key, "--ca", &ca],
+        &shutdown,
+    )
+    .await;
+    // Many tunnels queue behind one failing dial; none may be left hanging
+    // (read_all fails the test on its hang limit).
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        tasks.spawn(async move { read_all(client).await });
+    }
+    let mut closed = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(bytes) => assert!(bytes.is_empty()),
+            Err(e) => assert!(!e.to_string().contains("hanging"), "{e}"),
+        }
+        closed += 1;
+    }
+    assert_eq!(closed, 20);
+    shutdown.cancel();
+}
