@@ -355,22 +355,49 @@ pub enum HandshakeFailure {
     Revoked,
     /// The verified identity is not on the route's allow-list.
     NotAllowed,
-    /// The peer aborted with an alert (for example, it rejected our certificate).
+    /// The peer aborted with an alert or by resetting the stream (for
+    /// example, it rejected our certificate).
     PeerAlert,
     /// Anything else: malformed records, unsupported parameters, I/O.
     Other,
 }
 
 impl HandshakeFailure {
-    /// Classifies the error a failed `tokio_rustls` handshake returned.
+    /// Classifies the error a failed `tokio_rustls` handshake returned,
+    /// looking through the layers of `io::Error` wrapping for the TLS error
+    /// or the stream reset underneath.
     pub fn of(err: &std::io::Error) -> Self {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+        let mut reset = matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        );
+        while let Some(e) = current {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Self::of_tls(tls);
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                reset |= h2.is_reset() || h2.is_go_away();
+            }
+            // io::Error's source() skips the error it wraps; get_ref() does not.
+            current = match e.downcast_ref::<std::io::Error>() {
+                Some(io) => io.get_ref().map(|i| i as _),
+                None => e.source(),
+            };
+        }
+        // A client that rejects our certificate may reset its stream before
+        // its alert gets through; to us that is the same thing.
+        if reset {
+            Self::PeerAlert
+        } else {
+            Self::Other
+        }
+    }
+
+    fn of_tls(tls: &rustls::Error) -> Self {
         use rustls::Error as E;
-        let Some(tls) = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>())
-        else {
-            return Self::Other;
-        };
         match tls {
             E::NoCertificatesPresented => Self::NoCertificate,
             E::AlertReceived(_) => Self::PeerAlert,
