@@ -51,7 +51,11 @@ pub struct Args {
     /// Routes file (TOML `[[route]]` tables with path, sni, backend, allow,
     /// proxy_protocol) for several backends; replaces --backend/--path/--allow.
     /// Reloaded like the certificates.
-    #[arg(long, env = "POSTERN_CONFIG", conflicts_with_all = ["backend", "allow", "proxy_protocol"])]
+    #[arg(
+        long,
+        env = "POSTERN_CONFIG",
+        conflicts_with_all = ["backend", "path", "allow", "proxy_protocol"]
+    )]
     pub config: Option<PathBuf>,
     /// Inner TLS certificate chain (PEM).
     #[arg(long, env = "POSTERN_CERT", required_unless_present = "no_inner_tls")]
