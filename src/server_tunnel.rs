@@ -129,7 +129,7 @@ impl Tunnel {
     pub(crate) async fn run(self, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
         let started = Instant::now();
         let metrics = self.config.metrics.clone();
-        let _open = metrics.tunnel_opened();
+        let open = metrics.tunnel_opened();
         let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty);
         let mut report = TunnelReport {
             identity: None,
@@ -160,6 +160,9 @@ impl Tunnel {
                 _ => {}
             }
         }
+        // Counted closed before anyone hears of it, so a scrape after the
+        // report sees consistent numbers.
+        drop(open);
         metrics.closed(report.close);
         report.outcome = result.map_err(|e| e.to_string());
         span.in_scope(|| log(&report));
