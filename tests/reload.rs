@@ -65,18 +65,38 @@ async fn file_change_rotates_the_certificate_without_dropping_tunnels() {
     wait_for(&mut status, |s| s.applied >= 1 && s.last_error.is_none()).await;
 
     echo(&mut open, b"after rotation, same tunnel").await;
-    assert_eq!(served_cert(&url, &pki).await, leaf_der(&rotated.cert_pem).to_vec());
+    assert_eq!(
+        served_cert(&url, &pki).await,
+        leaf_der(&rotated.cert_pem).to_vec()
+    );
 
     // A garbage certificate is rejected, naming the file; the rotated one stays.
     let attempts = status.borrow().attempts;
-    replace_file(&pki, "server.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
+    replace_file(
+        &pki,
+        "server.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    );
     wait_for(&mut status, |s| s.attempts > attempts).await;
-    let error = status.borrow().last_error.clone().expect("garbage accepted");
-    assert!(error.contains("server.pem"), "error does not name the file: {error}");
-    assert_eq!(served_cert(&url, &pki).await, leaf_der(&rotated.cert_pem).to_vec());
+    let error = status
+        .borrow()
+        .last_error
+        .clone()
+        .expect("garbage accepted");
+    assert!(
+        error.contains("server.pem"),
+        "error does not name the file: {error}"
+    );
+    assert_eq!(
+        served_cert(&url, &pki).await,
+        leaf_der(&rotated.cert_pem).to_vec()
+    );
     echo(&mut open, b"still open after a rejected reload").await;
     let metrics = server.config.metrics.encode();
-    assert!(metrics.contains("postern_reloads_total{result=\"rejected\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("postern_reloads_total{result=\"rejected\"} 1"),
+        "{metrics}"
+    );
     shutdown.cancel();
 }
 
@@ -101,7 +121,11 @@ async fn sighup_style_request_reloads_ca_and_allow_list_files() {
     assert_eq!(server.report().await.close, "closed");
 
     // Tighten the allow-list and ask for a reload: the same client is now denied.
-    replace_file(&pki, "routes.toml", &routes("spiffe://test.postern/someone-else"));
+    replace_file(
+        &pki,
+        "routes.toml",
+        &routes("spiffe://test.postern/someone-else"),
+    );
     server.config.live.request_reload();
     wait_for(&mut status, |s| s.applied >= 1).await;
     assert_refused(client).await;
