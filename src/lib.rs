@@ -18,6 +18,7 @@ pub mod policy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod server_args;
 pub mod server_tunnel;
 pub mod signal;
 pub mod stream;
