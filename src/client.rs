@@ -50,6 +50,11 @@ pub struct Args {
     /// Name the server's inner certificate must carry [default: the URL's host].
     #[arg(long, env = "POSTERN_SERVER_NAME")]
     pub server_name: Option<String>,
+    /// Identity the server's inner certificate must also carry, beyond
+    /// --server-name: `uri:…`, `dns:…`, `cn:…` or `spiffe://…` (trailing
+    /// `/*` for a prefix); repeatable, any one suffices.
+    #[arg(long, env = "POSTERN_SERVER_IDENTITY", value_delimiter = ',')]
+    pub server_identity: Vec<String>,
     /// Extra CA certificate(s) to trust for the outer TLS (besides the system roots).
     #[arg(long, env = "POSTERN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -110,7 +115,19 @@ impl Forward {
         let inner = match (&args.cert, &args.key, &args.ca) {
             (Some(cert), Some(key), Some(ca)) => {
                 let slot = CertSlot::new(pem::load_identity(cert, key)?);
-                let config = tls::inner_client_config(slot, pem::load_roots(ca)?)?;
+                let pin = args
+                    .server_identity
+                    .iter()
+                    .map(|p| {
+                        p.parse()
+                            .map_err(|e| anyhow::anyhow!("--server-identity: {e}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let config = tls::inner_client_config_pinned(
+                    slot,
+                    pem::load_roots(ca)?,
+                    crate::policy::Allow::new(pin),
+                )?;
                 let name = args
                     .server_name
                     .clone()

@@ -15,25 +15,42 @@ use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::TlsAcceptor;
-use tracing::{info, info_span, warn, Instrument};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{field, info, info_span, warn, Instrument};
 
 use crate::identity::PeerIdentity;
+use crate::policy::Route;
+use crate::proxy_protocol;
+use crate::reload::Material;
 use crate::server::{reply, Config};
 use crate::stream::H2Stream;
-use crate::tls;
+use crate::tls::{self, HandshakeFailure};
 use crate::tunnel::{self, Totals};
+use crate::watchdog::{self, Activity, Expired, Metered};
 
 /// Why a tunnel ended, or why it never carried bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    /// The inner mTLS handshake failed: no certificate, wrong CA, identity
-    /// not allowed, revoked, and so on.
-    #[error("inner TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
+    /// The inner mTLS handshake failed: no certificate, wrong CA, expired,
+    /// revoked, identity not allowed, and so on.
+    #[error("inner TLS handshake failed: {failure}: {detail}")]
+    Handshake {
+        /// The classified cause.
+        failure: HandshakeFailure,
+        /// The TLS library's own words.
+        detail: String,
+    },
     /// The client did not finish the inner handshake in time.
     #[error("inner TLS handshake timed out")]
     HandshakeTimeout,
+    /// No route on this path serves the inner handshake's SNI.
+    #[error("no route for path {path} and SNI {sni}")]
+    NoRoute {
+        /// The request path.
+        path: String,
+        /// The SNI the client sent, or `<none>`.
+        sni: String,
+    },
     /// The backend refused or could not be reached.
     #[error("backend {backend} unreachable: {reason}")]
     BackendUnreachable {
@@ -42,12 +59,38 @@ pub enum TunnelError {
         /// The connect error, or "timed out".
         reason: String,
     },
+    /// The PROXY protocol header could not be sent.
+    #[error("PROXY header to the backend: {0}")]
+    ProxyHeader(String),
     /// The HTTP/2 stream failed before the tunnel was established.
     #[error("HTTP/2 stream: {0}")]
     Stream(#[from] h2::Error),
+    /// No byte either way for the idle timeout.
+    #[error("idle for {0:?}: closed by the server")]
+    Idle(Duration),
+    /// The tunnel reached `--max-lifetime`.
+    #[error("open for {0:?}, the maximum lifetime: closed by the server")]
+    Lifetime(Duration),
     /// Copying failed midway (a reset on either side).
     #[error("{0}")]
     Copy(std::io::Error),
+}
+
+impl TunnelError {
+    /// A stable snake_case close reason (logs and metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Handshake { .. } => "handshake_failed",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::NoRoute { .. } => "no_route",
+            Self::BackendUnreachable { .. } => "backend_unreachable",
+            Self::ProxyHeader(_) => "proxy_header_failed",
+            Self::Stream(_) => "stream_error",
+            Self::Idle(_) => "idle_timeout",
+            Self::Lifetime(_) => "max_lifetime",
+            Self::Copy(_) => "reset",
+        }
+    }
 }
 
 /// What one finished tunnel did: logged as one line, and sent to
@@ -56,133 +99,276 @@ pub enum TunnelError {
 pub struct TunnelReport {
     /// The client's verified identity (None with --no-inner-tls or before the handshake).
     pub identity: Option<PeerIdentity>,
-    /// The route's name.
+    /// The route's name (the request path until a route was chosen).
     pub route: String,
-    /// Where the front end says the request came from.
+    /// The client's address: the front end's `x-forwarded-for` entry behind a
+    /// front end, else the TCP peer.
     pub peer: SocketAddr,
     /// Byte counts (inbound = backend -> client, outbound = client -> backend).
     pub totals: Totals,
     /// How long the tunnel lasted.
     pub duration: Duration,
+    /// `"closed"` for a clean close, else [`TunnelError::label`].
+    pub close: &'static str,
     /// `Ok` for a clean close; the error's text otherwise.
     pub outcome: Result<(), String>,
 }
 
-/// Runs one tunnel request to its end and reports it.
-pub async fn run(
-    req: Request<RecvStream>,
-    respond: SendResponse<Bytes>,
-    peer: SocketAddr,
-    route: usize,
-    config: Arc<Config>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let started = Instant::now();
-    let Some(r) = config.routes.iter().nth(route) else {
-        return;
-    };
-    let span = info_span!("tunnel", %peer, route = %r.name, identity = tracing::field::Empty);
-    let mut report = TunnelReport {
-        identity: None,
-        route: r.name.clone(),
-        peer,
-        totals: Totals::default(),
-        duration: Duration::ZERO,
-        outcome: Ok(()),
-    };
-    let result = tunnel(req, respond, &config, route, &mut report)
-        .instrument(span.clone())
-        .await;
-    report.duration = started.elapsed();
-    report.outcome = result.map_err(|e| e.to_string());
-    span.in_scope(|| {
-        let identity = report.identity.as_ref().map(|i| i.to_string());
-        let close = match &report.outcome {
-            Ok(()) => "closed",
-            Err(reason) => reason.as_str(),
-        };
-        let level_ok = report.outcome.is_ok();
-        if level_ok {
-            info!(
-                identity,
-                to_backend = report.totals.outbound,
-                from_backend = report.totals.inbound,
-                duration_ms = report.duration.as_millis() as u64,
-                close,
-                "tunnel ended"
-            );
-        } else {
-            warn!(
-                identity,
-                to_backend = report.totals.outbound,
-                from_backend = report.totals.inbound,
-                duration_ms = report.duration.as_millis() as u64,
-                close,
-                "tunnel ended"
-            );
-        }
-    });
-    if let Some(tx) = &config.reports {
-        let _ = tx.send(report);
-    }
+/// One admitted tunnel request: its path, where it came from, the material
+/// snapshot it will use to the end, and its slot under `--max-tunnels`.
+pub(crate) struct Tunnel {
+    pub(crate) path: String,
+    pub(crate) source: SocketAddr,
+    pub(crate) material: Arc<Material>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-async fn tunnel(
-    req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-    config: &Config,
-    route: usize,
-    report: &mut TunnelReport,
-) -> Result<(), TunnelError> {
-    let Some(r) = config.routes.iter().nth(route) else {
-        return Ok(());
-    };
-    let Some(inner) = &config.inner else {
-        // Plain tunnel: like Envoy, answer only once the backend is connected,
-        // so a client learns of a dead backend from the status.
-        let mut backend = match connect(&r.backend, config.handshake_timeout).await {
-            Ok(b) => b,
-            Err(e) => {
+impl Tunnel {
+    /// Runs the tunnel to its end, then logs, counts and reports it.
+    pub(crate) async fn run(self, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
+        let started = Instant::now();
+        let metrics = self.config.metrics.clone();
+        let open = metrics.tunnel_opened();
+        let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty);
+        let mut report = TunnelReport {
+            identity: None,
+            route: self.path.clone(),
+            peer: self.source,
+            totals: Totals::default(),
+            duration: Duration::ZERO,
+            close: "closed",
+            outcome: Ok(()),
+        };
+        let result = self
+            .tunnel(req, respond, &mut report)
+            .instrument(span.clone())
+            .await;
+        report.duration = started.elapsed();
+        if let Err(e) = &result {
+            report.close = e.label();
+            match e {
+                TunnelError::Handshake { failure, .. } => {
+                    metrics.handshake_failed(failure.label());
+                    if *failure == HandshakeFailure::NotAllowed {
+                        metrics.refused("denied");
+                    }
+                }
+                TunnelError::HandshakeTimeout => metrics.handshake_failed("timeout"),
+                TunnelError::NoRoute { .. } => metrics.refused("no_route"),
+                TunnelError::BackendUnreachable { .. } => metrics.refused("backend_unreachable"),
+                _ => {}
+            }
+        }
+        // Counted closed before anyone hears of it, so a scrape after the
+        // report sees consistent numbers.
+        drop(open);
+        metrics.closed(report.close);
+        report.outcome = result.map_err(|e| e.to_string());
+        span.in_scope(|| log(&report));
+        if let Some(tx) = &self.config.reports {
+            let _ = tx.send(report);
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        report: &mut TunnelReport,
+    ) -> Result<(), TunnelError> {
+        let (config, routes) = (&self.config, &self.material.routes);
+        let Some(inner) = &self.material.inner else {
+            // Plain tunnel: like Envoy, answer only once the backend is connected,
+            // so a client learns of a dead backend from the status.
+            let Some(route) = routes.select(&self.path, None) else {
                 reply(
                     &mut respond,
-                    StatusCode::BAD_GATEWAY,
-                    "backend unreachable\n",
+                    StatusCode::NOT_FOUND,
+                    "no tunnel at this path\n",
                 );
+                return Err(self.no_route(None));
+            };
+            chose(report, route);
+            let mut backend = match self.backend(route, None).await {
+                Ok(b) => b,
+                Err(e) => {
+                    reply(
+                        &mut respond,
+                        StatusCode::BAD_GATEWAY,
+                        "backend unreachable\n",
+                    );
+                    return Err(e);
+                }
+            };
+            let send = respond.send_response(ok(), false)?;
+            let mut stream = H2Stream::server(send, req.into_body());
+            return self
+                .copy(&mut stream, &mut backend, report, |s| {
+                    s.reset(Reason::CANCEL)
+                })
+                .await;
+        };
+        // Answer first: the client's inner ClientHello is already on its way, and
+        // it needs the response to read our ServerHello.
+        let send = respond.send_response(ok(), false)?;
+        let stream = H2Stream::server(send, req.into_body());
+        // One deadline for the whole inner handshake, ClientHello included.
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout_at(deadline, hello).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => return Err(handshake_error(&e)),
+            Err(_) => return Err(TunnelError::HandshakeTimeout),
+        };
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let chosen = routes.select(&self.path, sni.as_deref()).and_then(|r| {
+            let index = routes.iter().position(|x| std::ptr::eq(x, r))?;
+            Some((r, inner.get(index)?.clone()))
+        });
+        let Some((route, server_config)) = chosen else {
+            // Nothing to hand the ClientHello to: reset instead of answering.
+            let mut accept = start.into_stream(inner[0].clone());
+            if let Some(s) = accept.get_mut() {
+                s.reset(Reason::CONNECT_ERROR);
+            }
+            return Err(self.no_route(sni));
+        };
+        chose(report, route);
+        // Fallible, to keep the stream on failure: the alert must reach the
+        // client before the stream ends (see `H2Stream::linger`).
+        let handshake = start.into_stream(server_config).into_fallible();
+        let mut tls = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err((e, stream))) => {
+                stream.linger().await;
+                return Err(handshake_error(&e));
+            }
+            Err(_) => return Err(TunnelError::HandshakeTimeout),
+        };
+        report.identity = tls::peer_identity(tls.get_ref().1);
+        if let Some(id) = &report.identity {
+            tracing::Span::current().record("identity", field::display(id));
+        }
+        let mut backend = match self.backend(route, report.identity.as_ref()).await {
+            Ok(b) => b,
+            Err(e) => {
+                // CONNECT_ERROR is what RFC 9113 §8.5 prescribes for a failed
+                // CONNECT target; the client turns it into a reset of its socket.
+                tls.get_mut().0.reset(Reason::CONNECT_ERROR);
                 return Err(e);
             }
         };
-        let send = respond.send_response(ok(), false)?;
-        let mut stream = H2Stream::server(send, req.into_body());
-        return copy(&mut stream, &mut backend, report).await;
-    };
-    // Answer first: the client's inner ClientHello is already on its way, and
-    // it needs the response to read our ServerHello.
-    let send = respond.send_response(ok(), false)?;
-    let stream = H2Stream::server(send, req.into_body());
-    let acceptor = TlsAcceptor::from(inner[route].clone());
-    let handshake = acceptor.accept(stream).into_fallible();
-    let mut tls = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err((e, stream))) => {
-            stream.linger().await;
-            return Err(TunnelError::Handshake(e));
-        }
-        Err(_) => return Err(TunnelError::HandshakeTimeout),
-    };
-    report.identity = tls::peer_identity(tls.get_ref().1);
-    if let Some(id) = &report.identity {
-        tracing::Span::current().record("identity", tracing::field::display(id));
+        self.copy(&mut tls, &mut backend, report, |t| {
+            t.get_mut().0.reset(Reason::CANCEL)
+        })
+        .await
     }
-    let mut backend = match connect(&r.backend, config.handshake_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            // CONNECT_ERROR is what RFC 9113 §8.5 prescribes for a failed
-            // CONNECT target; the client turns it into a reset of its socket.
-            tls.get_mut().0.reset(Reason::CONNECT_ERROR);
-            return Err(e);
+
+    fn no_route(&self, sni: Option<String>) -> TunnelError {
+        TunnelError::NoRoute {
+            path: self.path.clone(),
+            sni: sni.unwrap_or_else(|| "<none>".into()),
         }
-    };
-    copy(&mut tls, &mut backend, report).await
+    }
+
+    /// Connects the route's backend and, if the route says so, sends the
+    /// PROXY v2 header before any tunnel byte.
+    async fn backend(
+        &self,
+        route: &Route,
+        identity: Option<&PeerIdentity>,
+    ) -> Result<Metered<TcpStream>, TunnelError> {
+        let started = Instant::now();
+        let mut sock = connect(&route.backend, self.config.handshake_timeout).await?;
+        self.config.metrics.backend_connected(started.elapsed());
+        if route.proxy_protocol {
+            let header = proxy_protocol::Header {
+                source: self.source,
+                destination: sock
+                    .peer_addr()
+                    .map_err(|e| TunnelError::ProxyHeader(e.to_string()))?,
+                identity: identity.map(|id| id.primary().to_owned()),
+                tlvs: vec![],
+            };
+            let bytes = proxy_protocol::encode(&header)
+                .map_err(|e| TunnelError::ProxyHeader(e.to_string()))?;
+            sock.write_all(&bytes)
+                .await
+                .map_err(|e| TunnelError::ProxyHeader(e.to_string()))?;
+        }
+        Ok(Metered::new(
+            sock,
+            Activity::new(),
+            self.config.metrics.clone(),
+        ))
+    }
+
+    /// Copies until both directions end, the tunnel idles out or reaches its
+    /// lifetime; a failure on one side resets the other (`reset` for the client's).
+    async fn copy<S>(
+        &self,
+        stream: &mut S,
+        backend: &mut Metered<TcpStream>,
+        report: &mut TunnelReport,
+        reset: impl FnOnce(&mut S),
+    ) -> Result<(), TunnelError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let activity = backend.activity();
+        let (idle, lifetime) = (self.config.idle_timeout, self.config.max_lifetime);
+        let expired = tokio::select! {
+            (result, totals) = tunnel::splice(backend, stream) => {
+                report.totals = totals;
+                if let Err(e) = result {
+                    tunnel::abort(&backend.inner);
+                    return Err(TunnelError::Copy(e));
+                }
+                let _ = backend.shutdown().await;
+                return Ok(());
+            }
+            expired = watchdog::expiry(&activity, idle, lifetime) => expired,
+        };
+        // The copy was cut short, so its totals are lost; the metrics still
+        // counted every byte.
+        tunnel::abort(&backend.inner);
+        reset(stream);
+        Err(match expired {
+            Expired::Idle(d) => TunnelError::Idle(d),
+            Expired::Lifetime(d) => TunnelError::Lifetime(d),
+        })
+    }
+}
+
+fn chose(report: &mut TunnelReport, route: &Route) {
+    report.route = route.name.clone();
+    tracing::Span::current().record("route", field::display(&route.name));
+}
+
+fn handshake_error(e: &std::io::Error) -> TunnelError {
+    TunnelError::Handshake {
+        failure: HandshakeFailure::of(e),
+        detail: e.to_string(),
+    }
+}
+
+/// The one summary line per tunnel.
+fn log(report: &TunnelReport) {
+    let identity = report.identity.as_ref().map(|i| i.to_string());
+    let (to_backend, from_backend) = (report.totals.outbound, report.totals.inbound);
+    let duration_ms = report.duration.as_millis() as u64;
+    let (route, close) = (report.route.as_str(), report.close);
+    match &report.outcome {
+        Ok(()) => info!(
+            identity,
+            route, to_backend, from_backend, duration_ms, close, "tunnel ended"
+        ),
+        Err(error) => warn!(
+            identity,
+            route, to_backend, from_backend, duration_ms, close, error, "tunnel ended"
+        ),
+    }
 }
 
 fn ok() -> Response<()> {
@@ -202,23 +388,4 @@ async fn connect(backend: &str, limit: Duration) -> Result<TcpStream, TunnelErro
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = sock.set_nodelay(true);
     Ok(sock)
-}
-
-/// Copies until both directions end; a failure on one side resets the other.
-async fn copy<S>(
-    stream: &mut S,
-    backend: &mut TcpStream,
-    report: &mut TunnelReport,
-) -> Result<(), TunnelError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (result, totals) = tunnel::splice(backend, stream).await;
-    report.totals = totals;
-    if let Err(e) = result {
-        tunnel::abort(backend);
-        return Err(TunnelError::Copy(e));
-    }
-    let _ = backend.shutdown().await;
-    Ok(())
 }

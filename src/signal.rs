@@ -37,3 +37,22 @@ async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
 }
+
+/// Calls `reload` on every SIGHUP (the conventional "re-read your files").
+#[cfg(unix)]
+pub fn on_hangup(reload: impl Fn() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install a SIGHUP handler: reload only when files change");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload();
+        }
+    });
+}
+
+/// No SIGHUP here: reload only when files change.
+#[cfg(not(unix))]
+pub fn on_hangup(_reload: impl Fn() + Send + 'static) {}

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -25,7 +25,7 @@ use rustls::{
     CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
     OtherError, RootCertStore, ServerConfig, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use tracing::warn;
 
 use crate::identity::PeerIdentity;
@@ -93,25 +93,47 @@ impl ResolvesClientCert for CertSlot {
 ///
 /// The identity check runs inside the handshake, so a refused client gets an
 /// `access_denied` alert it can report, and nothing else happens.
+///
+/// Revocation: only the client's own (end-entity) certificate is looked up
+/// in `crls`, and a certificate whose issuer has no CRL among them is let
+/// through. That way one can trust several CAs but publish CRLs for some,
+/// and intermediates need no CRLs of their own; the price is that a CRL
+/// file for the wrong CA revokes nothing (the start-up log lists the CRL
+/// files). A CRL past its `nextUpdate` is still used: a stale list of
+/// revoked certificates is better than refusing everyone.
+///
+/// Session resumption is off (no session cache, no tickets): a resumed
+/// TLS session skips certificate verification entirely, so with resumption
+/// a revoked, expired or no-longer-allowed client could keep reconnecting
+/// on an old session. Every tunnel therefore runs a full handshake, which
+/// costs one signature and one verification per tunnel.
 pub fn inner_server_config(
     cert: Arc<CertSlot>,
     client_roots: Arc<RootCertStore>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     allow: Allow,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    let webpki = WebPkiClientVerifier::builder_with_provider(client_roots, provider())
-        .with_crls(crls)
+    let mut builder = WebPkiClientVerifier::builder_with_provider(client_roots, provider());
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let webpki = builder
         .build()
         .context("building the client certificate verifier")?;
     let verifier = Arc::new(AllowVerifier {
         inner: webpki,
         allow,
     });
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -184,12 +206,90 @@ pub fn inner_client_config(
     cert: Arc<CertSlot>,
     server_roots: Arc<RootCertStore>,
 ) -> anyhow::Result<Arc<ClientConfig>> {
-    let config = ClientConfig::builder_with_provider(provider())
+    inner_client_config_pinned(cert, server_roots, Allow::default())
+}
+
+/// Like [`inner_client_config`], and the server's certificate must also carry
+/// an identity `pin` accepts (`--server-identity`; empty = any name check
+/// passing certificate). The pin is checked inside the handshake, after the
+/// chain and the server name, so a mismatch aborts before any byte is sent.
+pub fn inner_client_config_pinned(
+    cert: Arc<CertSlot>,
+    server_roots: Arc<RootCertStore>,
+    pin: Allow,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(server_roots)
-        .with_client_cert_resolver(cert);
-    Ok(Arc::new(config))
+        .context("TLS protocol versions")?;
+    let builder = if pin.is_any() {
+        builder.with_root_certificates(server_roots)
+    } else {
+        let webpki = WebPkiServerVerifier::builder_with_provider(server_roots, provider())
+            .build()
+            .context("building the server certificate verifier")?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier { inner: webpki, pin }))
+    };
+    Ok(Arc::new(builder.with_client_cert_resolver(cert)))
+}
+
+/// Server verification by webpki (chain and name), then the identity pin.
+#[derive(Debug)]
+struct PinVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    pin: Allow,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let id = PeerIdentity::from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                std::io::Error::other(e),
+            ))))
+        })?;
+        match self.pin.check(&id) {
+            Ok(_) => Ok(verified),
+            Err(denied) => {
+                warn!(reason = %denied, "server identity does not match --server-identity");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The outer TLS server (self-hosted `postern server`, or the demo front end): ALPN h2.
@@ -235,4 +335,118 @@ pub fn outer_client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<Client
 pub fn peer_identity(state: &CommonState) -> Option<PeerIdentity> {
     let cert = state.peer_certificates()?.first()?;
     PeerIdentity::from_der(cert).ok()
+}
+
+/// Why an inner handshake failed, reduced to the few cases an operator acts
+/// on; used for the tunnel's log line and the handshake-failure metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client sent no certificate.
+    NoCertificate,
+    /// The certificate does not chain to a trusted CA (or its signature is bad).
+    UnknownCa,
+    /// The certificate (or one in its chain) has expired.
+    Expired,
+    /// The certificate is not valid yet.
+    NotYetValid,
+    /// The certificate is not for TLS client authentication (EKU).
+    WrongUsage,
+    /// A CRL revokes the certificate.
+    Revoked,
+    /// The verified identity is not on the route's allow-list.
+    NotAllowed,
+    /// The peer aborted with an alert or by resetting the stream (for
+    /// example, it rejected our certificate).
+    PeerAlert,
+    /// Anything else: malformed records, unsupported parameters, I/O.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Classifies the error a failed `tokio_rustls` handshake returned,
+    /// looking through the layers of `io::Error` wrapping for the TLS error
+    /// or the stream reset underneath.
+    pub fn of(err: &std::io::Error) -> Self {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+        let mut reset = matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        );
+        while let Some(e) = current {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Self::of_tls(tls);
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                reset |= h2.is_reset() || h2.is_go_away();
+            }
+            // io::Error's source() skips the error it wraps; get_ref() does not.
+            current = match e.downcast_ref::<std::io::Error>() {
+                Some(io) => io.get_ref().map(|i| i as _),
+                None => e.source(),
+            };
+        }
+        // A client that rejects our certificate may reset its stream before
+        // its alert gets through; to us that is the same thing.
+        if reset {
+            Self::PeerAlert
+        } else {
+            Self::Other
+        }
+    }
+
+    fn of_tls(tls: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match tls {
+            E::NoCertificatesPresented => Self::NoCertificate,
+            E::AlertReceived(_) => Self::PeerAlert,
+            E::InvalidCertificate(c) => match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Self::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Self::NotYetValid
+                }
+                CertificateError::Revoked => Self::Revoked,
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UnknownCa,
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => Self::WrongUsage,
+                CertificateError::ApplicationVerificationFailure => Self::NotAllowed,
+                _ => Self::Other,
+            },
+            _ => Self::Other,
+        }
+    }
+
+    /// A stable snake_case label (metrics, JSON logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongUsage => "wrong_usage",
+            Self::Revoked => "revoked",
+            Self::NotAllowed => "not_allowed",
+            Self::PeerAlert => "peer_alert",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoCertificate => "no client certificate",
+            Self::UnknownCa => "client certificate not issued by a trusted CA",
+            Self::Expired => "client certificate expired",
+            Self::NotYetValid => "client certificate not yet valid",
+            Self::WrongUsage => "client certificate not for client authentication (EKU)",
+            Self::Revoked => "client certificate revoked",
+            Self::NotAllowed => "client identity not allowed on this route",
+            Self::PeerAlert => "client aborted the handshake",
+            Self::Other => "TLS error",
+        })
+    }
 }

@@ -1,0 +1,134 @@
+//! The flags of `postern server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::stream::MAX_HEADER_LIST;
+
+/// `postern server`: the side next to the backend (the Cloud Run container).
+///
+/// Trust notes: every tunnel runs a full inner handshake (session
+/// resumption is off, since resumed sessions skip certificate checks), so
+/// `--crl`, expiry and `--allow` apply to every tunnel; certificates, keys,
+/// CAs, CRLs and `--config` reload on SIGHUP and when the files change,
+/// without touching open tunnels.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on [default: 0.0.0.0:$PORT, PORT defaulting to 8080].
+    #[arg(long, env = "POSTERN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Backend to connect authenticated tunnels to: HOST:PORT, or
+    /// `builtin:banner` / `builtin:echo` to run a built-in backend in-process.
+    #[arg(long, env = "POSTERN_BACKEND", required_unless_present = "config")]
+    pub backend: Option<String>,
+    /// Request path that carries tunnels (POST); CONNECT is accepted too.
+    #[arg(long, env = "POSTERN_PATH", default_value = "/")]
+    pub path: String,
+    /// Routes file (TOML `[[route]]` tables with path, sni, backend, allow,
+    /// proxy_protocol) for several backends; replaces --backend/--path/--allow.
+    /// Reloaded like the certificates.
+    #[arg(
+        long,
+        env = "POSTERN_CONFIG",
+        conflicts_with_all = ["backend", "path", "allow", "proxy_protocol"]
+    )]
+    pub config: Option<PathBuf>,
+    /// Inner TLS certificate chain (PEM).
+    #[arg(long, env = "POSTERN_CERT", required_unless_present = "no_inner_tls")]
+    pub cert: Option<PathBuf>,
+    /// Inner TLS private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, env = "POSTERN_KEY", required_unless_present = "no_inner_tls")]
+    pub key: Option<PathBuf>,
+    /// CA certificate(s) that client certificates must chain to (PEM).
+    #[arg(
+        long,
+        env = "POSTERN_CLIENT_CA",
+        required_unless_present = "no_inner_tls"
+    )]
+    pub client_ca: Option<PathBuf>,
+    /// CRL file (PEM `X509 CRL`); repeatable. Checked at every handshake
+    /// against the client's own certificate; a client whose CA has no CRL
+    /// here is not refused for that. TLS session resumption is off on the
+    /// inner layer (resumed sessions would skip this check), so every tunnel
+    /// is checked; a changed CRL file applies to new tunnels within
+    /// --watch-interval.
+    #[arg(long, env = "POSTERN_CRL", value_delimiter = ',')]
+    pub crl: Vec<PathBuf>,
+    /// Allowed client identities: `uri:…`, `dns:…`, `cn:…` or a bare
+    /// `spiffe://…` (a trailing `/*` matches a prefix). Default: any
+    /// certificate that chains to --client-ca.
+    #[arg(long, env = "POSTERN_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Send a PROXY protocol v2 header to the backend: source = the client
+    /// address (the last X-Forwarded-For entry behind a front end, port 0;
+    /// else the TCP peer), destination = the backend, and the verified
+    /// client identity in TLVs 0x20/0xE0.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Leave out the inner TLS: a plain tunnel (for apps that do their own
+    /// TLS, and for Envoy POST-tunnel compatibility).
+    #[arg(long, conflicts_with_all = ["cert", "key", "client_ca", "crl"])]
+    pub no_inner_tls: bool,
+    /// Serve TLS with ALPN h2 using this certificate (self-hosted, no front end).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between checks of the certificate, key, CA, CRL and config
+    /// files for changes (0 = only reload on SIGHUP).
+    #[arg(long, default_value_t = 2)]
+    pub watch_interval: u64,
+    /// Seconds to let open tunnels finish after SIGTERM (Cloud Run kills 10 s after it).
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value_t = 8)]
+    pub drain_timeout: u64,
+    /// Seconds allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
+    /// and for the backend connect.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Close a tunnel that carried no byte either way for this long
+    /// (e.g. `300`, `90s`, `500ms`, `5m`; default: never).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Close any tunnel this long after it opened (default: never; Cloud Run
+    /// ends requests at its own request timeout anyway).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_lifetime: Option<Duration>,
+    /// Most tunnels open at once in this process; more are answered 503.
+    #[arg(long, default_value_t = 16384)]
+    pub max_tunnels: usize,
+    /// Most concurrent tunnels per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// more are refused with REFUSED_STREAM.
+    #[arg(long, default_value_t = 1000)]
+    pub max_streams_per_connection: u32,
+    /// Largest request header block accepted (SETTINGS_MAX_HEADER_LIST_SIZE), bytes.
+    #[arg(long, default_value_t = MAX_HEADER_LIST)]
+    pub max_header_list_size: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; never
+    /// put it on the tunnel port).
+    #[arg(long, env = "POSTERN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Parses `90`, `90s`, `500ms` or `5m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit ms, s or m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}

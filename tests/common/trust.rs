@@ -1,0 +1,220 @@
+//! Helpers for the trust tests (identity, routes, reload, limits, metrics):
+//! a server started from arbitrary flags (also `--config`, without
+//! `--backend`), hand-built inner clients, and refusal checks.
+//! Included with `#[path = "common/trust.rs"] mod trust;` next to `mod common;`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use postern::certs::Issued;
+use postern::cli::parse_args;
+use postern::client::Forward;
+use postern::connector::{Connector, Target};
+use postern::server::{self, Config};
+use postern::server_tunnel::TunnelReport;
+use postern::stream::H2Stream;
+use postern::{pem, tls};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{round_trip, Pki, LIMIT};
+
+/// A running server plus what tests look at.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub config: Arc<Config>,
+    pub reports: mpsc::UnboundedReceiver<TunnelReport>,
+}
+
+impl Server {
+    /// Starts `postern server` with exactly `flags` on loopback.
+    pub async fn start(flags: &[&str], shutdown: &CancellationToken) -> Server {
+        let args: server::Args = parse_args("server", flags).expect("server flags");
+        let mut config = Config::from_args(&args, shutdown)
+            .await
+            .expect("server config");
+        let (tx, reports) = mpsc::unbounded_channel();
+        config.reports = Some(tx);
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(server::serve(listener, config.clone(), shutdown.clone()));
+        Server {
+            addr,
+            config,
+            reports,
+        }
+    }
+
+    /// The next finished-tunnel report.
+    pub async fn report(&mut self) -> TunnelReport {
+        tokio::time::timeout(LIMIT, self.reports.recv())
+            .await
+            .expect("timed out waiting for a tunnel report")
+            .expect("server stopped")
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
+    }
+}
+
+/// The usual inner mTLS server flags for `pki`.
+pub fn inner_flags(pki: &Pki) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        pki.p("server.pem"),
+        "--key".into(),
+        pki.p("server-key.pem"),
+        "--client-ca".into(),
+        pki.p("ca.pem"),
+    ]
+}
+
+/// The usual client flags for `pki`, then `extra` (a flag in `extra`
+/// replaces the default one).
+pub fn client_flags(pki: &Pki, extra: &[&str]) -> Vec<String> {
+    let defaults = [
+        ("--cert", pki.p("client.pem")),
+        ("--key", pki.p("client-key.pem")),
+        ("--ca", pki.p("ca.pem")),
+        ("--server-name", "localhost".to_owned()),
+    ];
+    let mut v: Vec<String> = defaults
+        .into_iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// An inner client config presenting `issued` (no validity check, so expired
+/// and not-yet-valid certificates can be presented), or no certificate.
+pub fn raw_client_config(pki: &Pki, issued: Option<&Issued>) -> Arc<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(pem::load_roots(&pki.dir.path("ca.pem")).expect("roots"));
+    let config = match issued {
+        None => builder.with_no_client_auth(),
+        Some(issued) => {
+            let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+    };
+    Arc::new(config)
+}
+
+/// Serves a hand-built inner client config as a local forward to `url`.
+pub async fn raw_client(
+    url: &str,
+    config: Arc<rustls::ClientConfig>,
+    shutdown: &CancellationToken,
+) -> SocketAddr {
+    let forward = Forward {
+        connector: Arc::new(Connector::new(
+            Target::parse(url).expect("url"),
+            None,
+            100,
+            None,
+            LIMIT,
+        )),
+        inner: Some((config, ServerName::try_from("localhost").expect("name"))),
+        headers: Default::default(),
+        tokens: None,
+        handshake_timeout: LIMIT,
+    };
+    crate::common::start_forward(forward, shutdown).await
+}
+
+/// Opens one tunnel to `url` in the test itself and completes the inner
+/// handshake, so the test can see the server's certificate and keep the
+/// tunnel open as long as it likes.
+/// Keep the returned connector alive as long as the tunnel.
+pub async fn open_inner(url: &str, pki: &Pki) -> (Connector, TlsStream<H2Stream>) {
+    let connector = Connector::new(Target::parse(url).expect("url"), None, 1, None, LIMIT);
+    let stream = connector.open(&Default::default()).await.expect("open");
+    let client = pki.dir.path("client.pem");
+    let key = pki.dir.path("client-key.pem");
+    let config = tls::inner_client_config(
+        tls::CertSlot::new(pem::load_identity(&client, &key).expect("client identity")),
+        pem::load_roots(&pki.dir.path("ca.pem")).expect("roots"),
+    )
+    .expect("client config");
+    let tls = tokio::time::timeout(
+        LIMIT,
+        TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), stream),
+    )
+    .await
+    .expect("inner handshake timed out")
+    .expect("inner handshake");
+    (connector, tls)
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn leaf_der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem cert")
+}
+
+/// Replaces `name` in `dir` atomically (write + rename), as secret mounts do.
+pub fn replace_file(pki: &Pki, name: &str, contents: &str) {
+    let tmp = pki.dir.path(&format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, pki.dir.path(name)).expect("rename");
+}
+
+/// Sends a probe and expects the tunnel to be refused: no reply, closed
+/// (EOF or reset), not left hanging.
+pub async fn assert_refused(client: SocketAddr) {
+    match round_trip(client, b"must not reach the backend").await {
+        Ok(bytes) => assert!(bytes.is_empty(), "refused tunnel returned data: {bytes:?}"),
+        Err(e) => assert!(
+            !e.to_string().contains("timed out"),
+            "refused tunnel hung instead of closing: {e}"
+        ),
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1; returns the body.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = TcpStream::connect(addr).await.expect("connect metrics");
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut all = String::new();
+    tokio::time::timeout(LIMIT, sock.read_to_string(&mut all))
+        .await
+        .expect("scrape timed out")
+        .expect("scrape");
+    let (head, body) = all.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "bad status: {head}");
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (exact text before the value).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok()).flatten()
+    })
+}
