@@ -19,8 +19,13 @@
 //! - [`cli`]: the `postern` command and its subcommands; each subcommand's
 //!   `Args` lives beside its `run` in its own module.
 //! - [`server`]: `postern server` — listener, HTTP/2 connections (h2c or TLS),
-//!   request dispatch, limits, graceful drain. [`server_tunnel`]: one tunnel
-//!   on the server, from the `200` to the summary log line.
+//!   request dispatch, limits, graceful drain; its flags are in
+//!   [`server_args`]. [`server_tunnel`]: one tunnel on the server, from the
+//!   `200` through route choice by path and SNI, the inner handshake and the
+//!   PROXY header to the summary log line. [`reload`]: the routes and TLS
+//!   material, rebuilt on SIGHUP or file change and swapped in whole.
+//!   [`watchdog`]: idle timeout, maximum lifetime and live byte counts.
+//!   [`metrics`]: Prometheus metrics on their own listener.
 //! - [`client`]: `postern client` — local listeners, `--forward`, `--stdio`,
 //!   and the client half of a tunnel. [`connector`]: the pool of HTTP/2
 //!   connections to the front end.
