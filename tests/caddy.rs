@@ -84,7 +84,12 @@ async fn banner_through_caddy() {
     let backend = TestBackend::start(Backend::Banner).await;
     let mut stack = ViaCaddy::start(&pki, backend.addr, "client").await;
     let got = read_all(stack.client).await.expect("read banner");
-    assert_eq!(String::from_utf8_lossy(&got), BANNER, "{}", stack.caddy.log());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        BANNER,
+        "{}",
+        stack.caddy.log()
+    );
     let report = stack.report().await;
     // The backend closes first. Caddy (Go's reverse proxy) ends the whole
     // exchange when the response ends: it cuts the upstream request body

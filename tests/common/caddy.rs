@@ -41,6 +41,9 @@ pub fn installed(test: &str) -> bool {
 pub struct Options {
     /// Lines added to the global `servers { }` block (e.g. `timeouts { write 2s }`).
     pub servers: String,
+    /// Extra environment for the Caddy process (e.g. `GODEBUG=http2debug=2`,
+    /// which makes Go log every HTTP/2 frame it reads and writes).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running Caddy; killed on drop.
@@ -122,6 +125,7 @@ impl Caddy {
             .env("HOME", &dir.0)
             .env("XDG_DATA_HOME", dir.path("data"))
             .env("XDG_CONFIG_HOME", dir.path("config"))
+            .envs(opts.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
