@@ -143,17 +143,9 @@ async fn server_on(
     tokio::task::JoinHandle<anyhow::Result<()>>,
     mpsc::UnboundedReceiver<TunnelReport>,
 ) {
-    let backend = backend.to_string();
-    let argv = [
-        "--backend",
-        &backend,
-        "--cert",
-        &pki.p("server.pem"),
-        "--key",
-        &pki.p("server-key.pem"),
-        "--client-ca",
-        &pki.p("ca.pem"),
-    ];
+    let mut argv = vec!["--backend".to_owned(), backend.to_string()];
+    argv.extend(inner_server_flags(pki));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let args: server::Args = parse_args("server", &argv).expect("server flags");
     let mut config = server::Config::from_args(&args, shutdown)
         .await
