@@ -295,11 +295,19 @@ impl Forward {
                     }
                     Err(_) => anyhow::bail!("inner TLS handshake timed out"),
                 };
-                tunnel::splice(local, &mut tls).await
+                let (result, totals) = tunnel::splice(local, &mut tls).await;
+                if result.is_ok() {
+                    tls.get_mut().0.finish().await;
+                }
+                (result, totals)
             }
             None => {
                 let mut stream = stream;
-                tunnel::splice(local, &mut stream).await
+                let (result, totals) = tunnel::splice(local, &mut stream).await;
+                if result.is_ok() {
+                    stream.finish().await;
+                }
+                (result, totals)
             }
         };
         result.context("tunnel")?;

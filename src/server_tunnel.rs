@@ -246,6 +246,9 @@ impl Tunnel {
             }
             Err(_) => return Err(TunnelError::HandshakeTimeout),
         };
+        // From here the inner TLS carries half-closes (close_notify), so our
+        // END_STREAM may wait for the client's; see `defer_end_stream`.
+        tls.get_mut().0.defer_end_stream();
         report.identity = tls::peer_identity(tls.get_ref().1);
         if let Some(id) = &report.identity {
             tracing::Span::current().record("identity", field::display(id));

@@ -42,6 +42,9 @@ pub struct H2Stream {
     recv: Recv,
     pending: Bytes,
     ended: bool,
+    /// END_STREAM waits for the peer's END_STREAM (see [`H2Stream::defer_end_stream`]).
+    defer_end: bool,
+    end_pending: bool,
     _guard: Option<StreamGuard>,
 }
 
@@ -72,6 +75,8 @@ impl H2Stream {
             recv,
             pending: Bytes::new(),
             ended: false,
+            defer_end: false,
+            end_pending: false,
             _guard: None,
         }
     }
@@ -97,9 +102,49 @@ impl H2Stream {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     }
 
+    /// Holds back our END_STREAM until the peer's has arrived.
+    ///
+    /// Go-based front ends (Caddy, and others built on Go's reverse proxy)
+    /// end the whole exchange when the response ends, cutting the request
+    /// body still in flight. When the inner TLS carries the half-close (its
+    /// close_notify reads as EOF on the far side), the response's END_STREAM
+    /// can wait until the request's has come, so a backend that closes first
+    /// still lets the client finish sending.
+    pub fn defer_end_stream(&mut self) {
+        self.defer_end = true;
+    }
+
+    /// After a tunnel's copy has ended cleanly, waits (briefly) for the
+    /// peer's END_STREAM before the stream is dropped: dropping a stream
+    /// whose response is still open resets it with CANCEL, and a front end
+    /// passes that reset on, turning a clean close into an error upstream.
+    pub async fn finish(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut sink = [0u8; 256];
+        let drain = async { while matches!(self.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
+
+    fn send_end(&mut self) -> Result<(), h2::Error> {
+        self.ended = true;
+        self.end_pending = false;
+        self.send.reserve_capacity(0);
+        self.send.send_data(Bytes::new(), true)
+    }
+
     /// Aborts the stream with RST_STREAM `reason`.
     pub fn reset(&mut self, reason: Reason) {
         self.send.send_reset(reason);
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        // Both directions are done by now (the copy has finished): end ours
+        // cleanly instead of letting h2 reset the stream.
+        if self.end_pending {
+            let _ = self.send_end();
+        }
     }
 }
 
@@ -176,6 +221,9 @@ impl AsyncRead for H2Stream {
                     Some(Err(e)) => return Poll::Ready(read_end(e, &mut this.recv)),
                     None => {
                         this.recv = Recv::Eof;
+                        if this.end_pending {
+                            let _ = this.send_end();
+                        }
                         return Poll::Ready(Ok(()));
                     }
                 },
@@ -240,14 +288,17 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.ended {
-            self.ended = true;
-            self.send.reserve_capacity(0);
-            if let Err(e) = self.send.send_data(Bytes::new(), true) {
-                // Already reset or closed: nothing left to half-close.
-                if !e.is_reset() && !e.is_go_away() {
-                    return Poll::Ready(Err(h2_to_io(e)));
-                }
+        if self.ended || self.end_pending {
+            return Poll::Ready(Ok(()));
+        }
+        if self.defer_end && !matches!(self.recv, Recv::Eof) {
+            self.end_pending = true;
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = self.send_end() {
+            // Already reset or closed: nothing left to half-close.
+            if !e.is_reset() && !e.is_go_away() {
+                return Poll::Ready(Err(h2_to_io(e)));
             }
         }
         Poll::Ready(Ok(()))
