@@ -1,8 +1,9 @@
 //! Attacks on the server port, crafted frame by frame, against a real
-//! `postern server` child process (h2c, inner mTLS on, 1 s handshake
-//! timeout). For each: a legitimate tunnel through a real client still works
-//! while the attack runs, the server's peak memory stays bounded, and where
-//! the server has a limit the attacking connection or stream is closed.
+//! `postern server` child process (h2c or outer TLS, inner mTLS on, a short
+//! handshake timeout for the slowloris cases). For each: a legitimate tunnel
+//! through a real client still works while the attack runs, the server's
+//! peak memory stays bounded, and where the server has a limit the attacking
+//! connection or stream is closed.
 
 #[path = "common/child.rs"]
 mod child;
@@ -19,6 +20,9 @@ use rawh2::*;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+/// Handshake timeout (seconds) for the slowloris tests: short, so they are quick.
+const SLOW: &str = "2";
+
 /// Peak RSS growth allowed during one attack.
 const MEMORY_BOUND_KIB: u64 = 200 * 1024;
 
@@ -32,11 +36,14 @@ struct Target {
 
 impl Target {
     /// Starts the server (serving outer TLS itself when `tls`) and a client.
-    async fn start(tls: bool) -> Target {
+    /// Slowloris tests pass a short handshake timeout; flood tests keep the
+    /// default so a legitimate handshake slowed by a loaded machine is not
+    /// mistaken for an attacker.
+    async fn start(tls: bool, handshake_timeout: &str) -> Target {
         let pki = Pki::new();
         let backend = TestBackend::start(Backend::Echo).await;
         let (cert, key) = (pki.p("front.pem"), pki.p("front-key.pem"));
-        let mut flags = vec!["--handshake-timeout", "1"];
+        let mut flags = vec!["--handshake-timeout", handshake_timeout];
         if tls {
             flags.extend_from_slice(&["--tls-cert", &cert, "--tls-key", &key]);
         }
@@ -111,7 +118,7 @@ fn post_headers(stream: u32, end_stream: bool) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_survived() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, "10").await;
     let seen = t
         .under("rapid reset", |addr, started| async move {
             let mut c = RawConn::handshake(addr).await;
@@ -137,7 +144,7 @@ async fn rapid_reset_is_survived() {
             let _ = c.send(&frame(PING, 0, 0, b"rr-done!")).await;
             let seen = c
                 .wait_for(LIMIT, "PING ACK or close after the resets", |s| {
-                    s.frames.get(&PING).is_some() || s.closed
+                    s.frames.contains_key(&PING) || s.closed
                 })
                 .await;
             (sent, seen)
@@ -158,7 +165,7 @@ async fn rapid_reset_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, "10").await;
     let (sent, seen) = t
         .under("CONTINUATION flood", |addr, started| async move {
             let mut c = RawConn::handshake(addr).await;
@@ -194,7 +201,7 @@ async fn continuation_flood_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_header_lists_are_refused() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, "10").await;
     let (count, seen) = t
         .under("oversized headers", |addr, started| async move {
             let mut c = RawConn::handshake(addr).await;
@@ -266,7 +273,7 @@ async fn flood(addr: SocketAddr, started: oneshot::Sender<()>, unit: Vec<u8>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_flood_is_survived() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, "10").await;
     // SETTINGS_INITIAL_WINDOW_SIZE = 65535, each one needing an ACK.
     let unit = frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
     let (sent, seen) = t
@@ -283,7 +290,7 @@ async fn settings_flood_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_flood_is_survived() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, "10").await;
     let unit = frame(PING, 0, 0, b"pingping");
     let (sent, seen) = t.under("PING flood", |addr, s| flood(addr, s, unit)).await;
     eprintln!(
@@ -321,7 +328,7 @@ async fn silent_connections(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_silent_tcp_is_closed() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, SLOW).await;
     let closed = t
         .under("silent TCP", |addr, s| {
             silent_connections(addr, s, 200, b"")
@@ -332,7 +339,7 @@ async fn slowloris_silent_tcp_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_partial_preface_is_closed() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, SLOW).await;
     let closed = t
         .under("partial preface", |addr, s| {
             silent_connections(addr, s, 200, b"PRI * HTTP/2.0\r\n")
@@ -343,7 +350,7 @@ async fn slowloris_partial_preface_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_partial_outer_client_hello_is_closed() {
-    let t = Target::start(true).await;
+    let t = Target::start(true, SLOW).await;
     // A TLS record header announcing 512 bytes of ClientHello, and 6 of them.
     const PARTIAL_HELLO: &[u8] = &[
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
@@ -374,7 +381,7 @@ async fn half_open_tunnels(addr: SocketAddr, started: oneshot::Sender<()>, n: u3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_inner_handshake_never_started_is_reset() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, SLOW).await;
     let seen = t
         .under("silent tunnel", |addr, s| half_open_tunnels(addr, s, 1))
         .await;
@@ -388,7 +395,7 @@ async fn slowloris_inner_handshake_never_started_is_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_many_half_open_tunnels_are_reset() {
-    let t = Target::start(false).await;
+    let t = Target::start(false, SLOW).await;
     let seen = t
         .under("500 half-open tunnels", |addr, s| {
             half_open_tunnels(addr, s, 500)
