@@ -31,20 +31,20 @@ use crate::stream::{H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// TCP connect to the front end failed.
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}: {reason}")]
     Connect {
         /// host:port dialled.
         addr: String,
-        /// The socket error.
-        source: std::io::Error,
+        /// The socket error (not a `source`: it is already in the message).
+        reason: std::io::Error,
     },
     /// The outer TLS handshake failed (untrusted certificate, wrong name…).
-    #[error("TLS to {host}: {source}")]
+    #[error("TLS to {host}: {reason}")]
     Tls {
         /// The front end's host name.
         host: String,
         /// What rustls said.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The front end does not speak HTTP/2.
     #[error("{host} did not negotiate HTTP/2 (ALPN h2); is this an HTTP/2 front end?")]
@@ -293,9 +293,9 @@ impl Connector {
         let addr = self.addr();
         let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
             .await
-            .map_err(|source| OpenError::Connect {
+            .map_err(|reason| OpenError::Connect {
                 addr: addr.clone(),
-                source,
+                reason,
             })?;
         let _ = tcp.set_nodelay(true);
         match (&self.outer, self.target.tls) {
@@ -303,14 +303,14 @@ impl Connector {
                 let host = self.target.host.clone();
                 let name = ServerName::try_from(host.clone()).map_err(|e| OpenError::Tls {
                     host: host.clone(),
-                    source: std::io::Error::other(e),
+                    reason: std::io::Error::other(e),
                 })?;
                 let tls = TlsConnector::from(outer.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|source| OpenError::Tls {
+                    .map_err(|reason| OpenError::Tls {
                         host: host.clone(),
-                        source,
+                        reason,
                     })?;
                 if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
                     return Err(OpenError::NoH2 { host });
