@@ -137,6 +137,28 @@ pub fn inner_server_config(
     Ok(Arc::new(config))
 }
 
+/// Applies an allow-list to a chain-verified end-entity certificate. A
+/// refusal is `ApplicationVerificationFailure`, which rustls sends as an
+/// `access_denied` alert; the identity is logged here, where it is known.
+fn enforce(
+    allow: &Allow,
+    end_entity: &CertificateDer<'_>,
+    what: &str,
+) -> Result<(), rustls::Error> {
+    if allow.is_any() {
+        return Ok(());
+    }
+    let id = PeerIdentity::from_der(end_entity).map_err(|e| {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+            std::io::Error::other(e),
+        ))))
+    })?;
+    allow.check(&id).map(|_| ()).map_err(|denied| {
+        warn!(identity = %id, reason = %denied, "{what}");
+        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+    })
+}
+
 /// Chain verification by webpki, then the identity allow-list.
 #[derive(Debug)]
 struct AllowVerifier {
@@ -159,23 +181,8 @@ impl ClientCertVerifier for AllowVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|e| warn!(reason = %e, "client certificate rejected"))?;
-        if self.allow.is_any() {
-            return Ok(verified);
-        }
-        let id = PeerIdentity::from_der(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                std::io::Error::other(e),
-            ))))
-        })?;
-        match self.allow.check(&id) {
-            Ok(_) => Ok(verified),
-            Err(denied) => {
-                warn!(identity = %id, reason = %denied, "client identity not allowed");
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-        }
+        enforce(&self.allow, end_entity, "client identity not allowed")?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -253,20 +260,12 @@ impl ServerCertVerifier for PinVerifier {
         let verified =
             self.inner
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        let id = PeerIdentity::from_der(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                std::io::Error::other(e),
-            ))))
-        })?;
-        match self.pin.check(&id) {
-            Ok(_) => Ok(verified),
-            Err(denied) => {
-                warn!(reason = %denied, "server identity does not match --server-identity");
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-        }
+        enforce(
+            &self.pin,
+            end_entity,
+            "server identity does not match --server-identity",
+        )?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
