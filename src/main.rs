@@ -5,6 +5,14 @@ use postern::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Client(_) | Command::Bench(_)
+    ) {
+        // Every tunnel holds sockets; the default soft limit (often 1024)
+        // would cap a process at a few hundred tunnels.
+        postern::bench::raise_fd_limit();
+    }
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -20,6 +28,7 @@ fn main() -> ExitCode {
             Command::Client(args) => postern::client::run(args).await,
             Command::Certs(args) => postern::certs::run(args),
             Command::Backend(args) => postern::backend::run(args).await,
+            Command::Bench(args) => postern::bench::run(args).await,
         }
     });
     match result {
