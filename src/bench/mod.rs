@@ -35,6 +35,10 @@ pub struct Args {
     /// Run only these scenarios [default: all].
     #[arg(long = "scenario", value_enum, num_args = 1..)]
     pub scenarios: Vec<Scenario>,
+    /// `--max-streams-per-connection` for the main client (the cold-connection
+    /// clients always use 1).
+    #[arg(long, value_name = "N")]
+    pub max_streams_per_connection: Option<usize>,
     /// Bulk transfer size per direction in MiB [default: 1024, 256 with --quick].
     #[arg(long, value_name = "MIB")]
     pub bulk_mib: Option<u64>,
@@ -77,6 +81,8 @@ pub struct Sizes {
     pub rtt_bulk: u64,
     /// How long the fairness scenario runs.
     pub fair_for: Duration,
+    /// Extra flags for the main client.
+    pub client_flags: Vec<String>,
 }
 
 impl Sizes {
@@ -91,6 +97,7 @@ impl Sizes {
                 idle: vec![1000],
                 rtt_bulk: 64 * MIB,
                 fair_for: Duration::from_secs(2),
+                client_flags: Vec::new(),
             }
         } else {
             Sizes {
@@ -101,8 +108,12 @@ impl Sizes {
                 idle: vec![1000, 10_000],
                 rtt_bulk: 256 * MIB,
                 fair_for: Duration::from_secs(5),
+                client_flags: Vec::new(),
             }
         };
+        if let Some(n) = args.max_streams_per_connection {
+            s.client_flags = vec!["--max-streams-per-connection".into(), n.to_string()];
+        }
         if let Some(mib) = args.bulk_mib {
             s.bulk = mib.max(1) * MIB;
             s.rtt_bulk = s.rtt_bulk.min(s.bulk);

@@ -107,12 +107,7 @@ impl Proc {
 
     /// Starts `postern client` forwarding to `https://localhost:PORT/`;
     /// `extra` are more flags (e.g. `--max-streams-per-connection 1`).
-    pub async fn client(
-        name: &str,
-        pki: &Pki,
-        port: u16,
-        extra: &[&str],
-    ) -> anyhow::Result<Proc> {
+    pub async fn client(name: &str, pki: &Pki, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
         let url = format!("https://localhost:{port}/");
         let (cert, key, ca) = (
             pki.path("client.pem"),
@@ -174,7 +169,11 @@ impl Proc {
         let needle = format!("\"message\":\"{message}\"");
         loop {
             if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("postern {} exited ({status}): {}", self.name, self.log_tail());
+                anyhow::bail!(
+                    "postern {} exited ({status}): {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let found = text.lines().find(|l| l.contains(&needle)).and_then(|l| {

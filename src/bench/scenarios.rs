@@ -25,6 +25,7 @@ struct Env<'a> {
     rtt: Duration,
     sizes: &'a Sizes,
     stop: CancellationToken,
+    fd_limit: u64,
 }
 
 impl Env<'_> {
@@ -52,7 +53,8 @@ pub async fn run_all(
     let pki = Pki::new().context("issuing certificates")?;
     let backend = traffic::spawn_backend(stop.clone()).await?;
     let server = Proc::server(&pki, backend).await?;
-    let client = Proc::client("client", &pki, server.addr.port(), &[]).await?;
+    let flags: Vec<&str> = sizes.client_flags.iter().map(String::as_str).collect();
+    let client = Proc::client("client", &pki, server.addr.port(), &flags).await?;
     let env = Env {
         pki,
         backend,
@@ -61,6 +63,7 @@ pub async fn run_all(
         rtt,
         sizes,
         stop,
+        fd_limit: report.fd_limit,
     };
     // Opens the client's HTTP/2 connection, so "open connection" holds.
     traffic::quick_exchange(env.client.addr)
@@ -386,9 +389,18 @@ async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
 
 async fn memory(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     const BATCH: usize = 64;
+    // This process holds two sockets per tunnel (app and backend side).
+    let fit = (env.fd_limit.saturating_sub(256) / 2) as usize;
     let base = (env.client.rss_kib()?, env.server.rss_kib()?);
     let mut held: Vec<TcpStream> = Vec::new();
-    for &target in &env.sizes.idle {
+    for &wanted in &env.sizes.idle {
+        let target = wanted.min(fit);
+        if target < wanted {
+            eprintln!(
+                "    open-file limit {}: {target} tunnels instead of {wanted}",
+                env.fd_limit
+            );
+        }
         while held.len() < target {
             let k = BATCH.min(target - held.len());
             let mut set = tokio::task::JoinSet::new();

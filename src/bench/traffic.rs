@@ -66,7 +66,10 @@ pub async fn spawn_backend(shutdown: CancellationToken) -> io::Result<SocketAddr
                 r = listener.accept() => match r {
                     Ok((sock, _)) => sock,
                     // EMFILE and the like: the scenario sees the failure.
-                    Err(_) => { tokio::task::yield_now().await; continue; }
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
                 },
                 _ = shutdown.cancelled() => return,
             };
@@ -135,6 +138,12 @@ async fn sink<R: AsyncRead + Unpin>(r: &mut R, n: u64) -> io::Result<bool> {
 /// Connects to `addr` (the client's listener, or the backend directly) and
 /// waits for the greeting; returns the socket and the time to first byte.
 pub async fn connect(addr: SocketAddr) -> io::Result<(TcpStream, Duration)> {
+    tokio::time::timeout(Duration::from_secs(30), connect_inner(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no first byte within 30 s"))?
+}
+
+async fn connect_inner(addr: SocketAddr) -> io::Result<(TcpStream, Duration)> {
     let started = Instant::now();
     let mut sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
