@@ -82,6 +82,18 @@ impl H2Stream {
         self
     }
 
+    /// The error for a stream closed for sending: why, if it was reset.
+    fn closed_error(&mut self, cx: &mut Context<'_>) -> io::Error {
+        match self.send.poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("stream reset by peer: {reason}"),
+            ),
+            Poll::Ready(Err(e)) => h2_to_io(e),
+            Poll::Pending => io::ErrorKind::BrokenPipe.into(),
+        }
+    }
+
     /// Aborts the stream with RST_STREAM `reason`.
     pub fn reset(&mut self, reason: Reason) {
         self.send.send_reset(reason);
@@ -203,18 +215,7 @@ impl AsyncWrite for H2Stream {
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    // The stream is closed for sending; say why if it was reset.
-                    let err = match self.send.poll_reset(cx) {
-                        Poll::Ready(Ok(reason)) => io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            format!("stream reset by peer: {reason}"),
-                        ),
-                        Poll::Ready(Err(e)) => h2_to_io(e),
-                        Poll::Pending => io::ErrorKind::BrokenPipe.into(),
-                    };
-                    return Poll::Ready(Err(err));
-                }
+                None => return Poll::Ready(Err(self.closed_error(cx))),
             }
         }
     }
@@ -252,7 +253,7 @@ impl AsyncWrite for H2Stream {
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                None => return Poll::Ready(Err(self.closed_error(cx))),
             }
         }
     }

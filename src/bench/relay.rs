@@ -56,54 +56,63 @@ pub async fn spawn(
 
 async fn connection(inbound: TcpStream, target: SocketAddr, rtt: Duration) -> io::Result<()> {
     let one_way = rtt / 2;
-    tokio::time::sleep(one_way * 3).await;
-    let upstream = TcpStream::connect(target).await?;
     inbound.set_nodelay(true)?;
-    upstream.set_nodelay(true)?;
     let (ir, iw) = inbound.into_split();
-    let (ur, uw) = upstream.into_split();
-    let _ = tokio::join!(pipe(ir, uw, one_way), pipe(ur, iw, one_way));
-    Ok(())
+    // The client may send before the emulated handshake ends (its connect
+    // returned at once): those bytes are stamped now, not after the connect.
+    let (up_tx, up_rx) = mpsc::channel(QUEUE);
+    let upload = reader(ir, up_tx, one_way);
+    let rest = async move {
+        tokio::time::sleep(one_way * 3).await;
+        let upstream = TcpStream::connect(target).await?;
+        upstream.set_nodelay(true)?;
+        let (ur, uw) = upstream.into_split();
+        let (down_tx, down_rx) = mpsc::channel(QUEUE);
+        tokio::join!(
+            writer(up_rx, uw),
+            reader(ur, down_tx, one_way),
+            writer(down_rx, iw)
+        );
+        Ok::<_, io::Error>(())
+    };
+    let (_, r) = tokio::join!(upload, rest);
+    r
 }
 
-/// One direction: a reader stamping chunks and a writer releasing them on time.
-/// `None` in the queue is the half-close.
-async fn pipe<R, W>(mut r: R, mut w: W, delay: Duration)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (tx, mut rx) = mpsc::channel::<(Instant, Option<Bytes>)>(QUEUE);
-    let reader = async move {
-        let mut buf = BytesMut::with_capacity(READ);
-        loop {
-            buf.reserve(READ);
-            let chunk = match r.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(_) => Some(buf.split().freeze()),
-            };
-            let end = chunk.is_none();
-            if tx.send((Instant::now() + delay, chunk)).await.is_err() || end {
-                return;
-            }
+/// A stamped chunk; `None` is the half-close.
+type Stamped = (Instant, Option<Bytes>);
+
+/// Reads chunks as they come and queues each with its delivery time.
+async fn reader<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Stamped>, delay: Duration) {
+    let mut buf = BytesMut::with_capacity(READ);
+    loop {
+        buf.reserve(READ);
+        let chunk = match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(buf.split().freeze()),
+        };
+        let end = chunk.is_none();
+        if tx.send((Instant::now() + delay, chunk)).await.is_err() || end {
+            return;
         }
-    };
-    let writer = async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            if at > Instant::now() {
-                tokio::time::sleep_until(at).await;
-            }
-            let done = match chunk {
-                Some(bytes) => w.write_all(&bytes).await.is_err(),
-                None => {
-                    let _ = w.shutdown().await;
-                    true
-                }
-            };
-            if done {
-                return;
-            }
+    }
+}
+
+/// Writes each queued chunk at its delivery time.
+async fn writer<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Stamped>, mut w: W) {
+    while let Some((at, chunk)) = rx.recv().await {
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
         }
-    };
-    tokio::join!(reader, writer);
+        let done = match chunk {
+            Some(bytes) => w.write_all(&bytes).await.is_err(),
+            None => {
+                let _ = w.shutdown().await;
+                true
+            }
+        };
+        if done {
+            return;
+        }
+    }
 }

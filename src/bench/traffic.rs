@@ -221,7 +221,7 @@ pub async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>>
     // One untimed round trip first: the tunnel's lazy set-up is not latency.
     for i in 0..=samples {
         let started = Instant::now();
-        sock.write_all(&[b'.']).await?;
+        sock.write_all(b".").await?;
         if sock.read_u8().await? != b'.' {
             return Err(io::Error::other("echo returned a different byte"));
         }
