@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{backend, certs, client, demo, doctor, server};
+use crate::{backend, bench, certs, client, demo, doctor, server};
 
 /// End-to-end mutual TLS for TCP services behind HTTP/2 front ends such as Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -47,6 +47,9 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Run a built-in TCP backend (the original demo's banner server, or echo).
     Backend(backend::Args),
+    /// Measure throughput, latency, set-up time, tunnel rate, memory and
+    /// fairness on this machine, against raw TCP.
+    Bench(bench::Args),
 }
 
 /// Parses one subcommand's flags from `argv` exactly as the command line

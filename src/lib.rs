@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;

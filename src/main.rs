@@ -5,8 +5,19 @@ use postern::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo and doctor speak through stdout; their logs would only clutter it.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Doctor(_));
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Client(_) | Command::Bench(_)
+    ) {
+        // Every tunnel holds sockets; the default soft limit (often 1024)
+        // would cap a process at a few hundred tunnels.
+        postern::bench::raise_fd_limit();
+    }
+    // The demo, doctor and bench speak through stdout; logs would clutter it.
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Doctor(_) | Command::Bench(_)
+    );
     init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -23,6 +34,7 @@ fn main() -> ExitCode {
             Command::Certs(args) => postern::certs::run(args),
             Command::Backend(args) => postern::backend::run(args).await,
             Command::Doctor(args) => postern::doctor::run(args).await,
+            Command::Bench(args) => postern::bench::run(args).await,
         }
     });
     match result {

@@ -132,6 +132,18 @@ impl H2Stream {
         self.send.send_data(Bytes::new(), true)
     }
 
+    /// The error for a stream closed for sending: why, if it was reset.
+    fn closed_error(&mut self, cx: &mut Context<'_>) -> io::Error {
+        match self.send.poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("stream reset by peer: {reason}"),
+            ),
+            Poll::Ready(Err(e)) => h2_to_io(e),
+            Poll::Pending => io::ErrorKind::BrokenPipe.into(),
+        }
+    }
+
     /// Aborts the stream with RST_STREAM `reason`.
     pub fn reset(&mut self, reason: Reason) {
         self.send.send_reset(reason);
@@ -266,20 +278,51 @@ impl AsyncWrite for H2Stream {
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    // The stream is closed for sending; say why if it was reset.
-                    let err = match self.send.poll_reset(cx) {
-                        Poll::Ready(Ok(reason)) => io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            format!("stream reset by peer: {reason}"),
-                        ),
-                        Poll::Ready(Err(e)) => h2_to_io(e),
-                        Poll::Pending => io::ErrorKind::BrokenPipe.into(),
-                    };
-                    return Poll::Ready(Err(err));
-                }
+                None => return Poll::Ready(Err(self.closed_error(cx))),
             }
         }
+    }
+
+    /// Coalesces the slices (the TLS layer hands over all its pending records
+    /// at once) into one DATA frame: one copy, one `send_data`, one frame
+    /// header instead of one per 16 KiB record. Measured with `postern bench`
+    /// (bulk, 512 MiB): client + server CPU 4.9-6.0 -> 4.8 s/GB alone,
+    /// 3.7-4.0 s/GB together with the 256 KiB copy buffer.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let want = total.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => {
+                    let n = granted.min(want);
+                    let mut out = bytes::BytesMut::with_capacity(n);
+                    for b in bufs {
+                        let take = (n - out.len()).min(b.len());
+                        out.extend_from_slice(&b[..take]);
+                        if out.len() == n {
+                            break;
+                        }
+                    }
+                    self.send.send_data(out.freeze(), false).map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(self.closed_error(cx))),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -306,11 +349,16 @@ impl AsyncWrite for H2Stream {
 }
 
 /// Per-stream receive window we advertise. The 64 KiB protocol default caps
-/// one tunnel at 64 KiB per round trip; 4 MiB carries ~200 MB/s at 20 ms RTT.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// one tunnel at 64 KiB per round trip. Measured one-tunnel throughput at
+/// 20 ms RTT (`postern bench --scenario rtt-bulk`): 4 MiB ~105 MB/s, 8 MiB
+/// ~143 MB/s, 16 MiB ~160 MB/s (CPU-bound by then). 8 MiB clears the
+/// 100 MB/s target with room; it is also the most a stalled reader can make
+/// one tunnel buffer here, so more is not free.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
-/// Connection receive window: room for several streams at full speed.
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Connection receive window: four streams at full window, which bounds what
+/// all the tunnels of one connection can buffer together.
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// Largest DATA frame we accept; bigger frames mean fewer headers per byte.
 pub const MAX_FRAME: u32 = 256 * 1024;

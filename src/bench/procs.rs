@@ -1,0 +1,274 @@
+//! The benchmark's child processes: `postern server` and `postern client`
+//! run as separate processes of this same binary, as they are deployed, so
+//! their CPU time and memory can be read from /proc.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use crate::certs::{self, KeyAlg};
+
+/// Throwaway certificates in a private temporary directory, removed on drop.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// Issues a CA, a `localhost` server and a client certificate.
+    pub fn new() -> anyhow::Result<Pki> {
+        let dir = std::env::temp_dir().join(format!("postern-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pki = Pki { dir };
+        let bundle = certs::bundle(
+            &["localhost".into()],
+            &["spiffe://postern.bench/client".into()],
+            KeyAlg::EcdsaP256,
+        )?;
+        let files = [
+            ("ca.pem", bundle.ca.cert_pem()),
+            ("server.pem", bundle.server.cert_pem.clone()),
+            ("server-key.pem", bundle.server.key_pem.clone()),
+            ("client.pem", bundle.client.cert_pem.clone()),
+            ("client-key.pem", bundle.client.key_pem.clone()),
+        ];
+        for (name, contents) in files {
+            let path = pki.dir.join(name);
+            write_private(&path, contents.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(pki)
+    }
+
+    /// A file in the directory, as a string for argv.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}
+
+/// A running child process, killed when dropped (also on error paths).
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// The address it listens on, read from its start-up log line.
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    /// Starts `postern server` with outer TLS (ALPN h2) and inner mTLS in
+    /// front of `backend`.
+    pub async fn server(pki: &Pki, backend: SocketAddr) -> anyhow::Result<Proc> {
+        let backend = backend.to_string();
+        let (cert, key, ca) = (
+            pki.path("server.pem"),
+            pki.path("server-key.pem"),
+            pki.path("ca.pem"),
+        );
+        let args = [
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--client-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--drain-timeout",
+            "1",
+        ];
+        Self::start("server", pki, &args, "server listening", "addr").await
+    }
+
+    /// Starts `postern client` forwarding to `https://localhost:PORT/`;
+    /// `extra` are more flags (e.g. `--max-streams-per-connection 1`).
+    pub async fn client(name: &str, pki: &Pki, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
+        let url = format!("https://localhost:{port}/");
+        let (cert, key, ca) = (
+            pki.path("client.pem"),
+            pki.path("client-key.pem"),
+            pki.path("ca.pem"),
+        );
+        let mut args = vec![
+            "client",
+            "--listen",
+            "127.0.0.1:0",
+            "--url",
+            &url,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--ca",
+            &ca,
+            "--tls-ca",
+            &ca,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(name, pki, &args, "client forwarding", "listen").await
+    }
+
+    async fn start(
+        name: &str,
+        pki: &Pki,
+        args: &[&str],
+        ready_message: &str,
+        addr_field: &str,
+    ) -> anyhow::Result<Proc> {
+        let exe = std::env::current_exe().context("locating the postern binary")?;
+        let log = pki.dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
+        let child = Command::new(exe)
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .env("POSTERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting postern {name}"))?;
+        let mut proc = Proc {
+            name: name.to_owned(),
+            child,
+            log,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        proc.addr = proc.wait_ready(ready_message, addr_field).await?;
+        Ok(proc)
+    }
+
+    /// Polls the child's JSON log for its "listening" line, then its port.
+    async fn wait_ready(&mut self, message: &str, field: &str) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let needle = format!("\"message\":\"{message}\"");
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "postern {} exited ({status}): {}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let found = text.lines().find(|l| l.contains(&needle)).and_then(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get(field)?.as_str()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                // The log line follows bind(); a connect proves accept is live.
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return Ok(addr);
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "postern {} not ready after 15 s: {}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The last lines of the child's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second in /proc/PID/stat (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// utime + stime of `pid` from /proc/PID/stat, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    // The command name may hold spaces; fields are counted after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("{path}: no field {}", i + 3))
+    };
+    // Fields 14 and 15 of the man page; the slice starts at field 3.
+    Ok((field(11)? + field(12)?) / TICKS)
+}
+
+/// VmRSS of `pid` from /proc/PID/status, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{path}: no VmRSS"))
+}
+
+/// Raises this process's open-file limit (children inherit it) so 10k
+/// tunnels fit: the hard limit too when permitted, else soft up to hard.
+pub fn raise_fd_limit() -> u64 {
+    const WANT: u64 = 65_536;
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        if hard < WANT {
+            let _ = rlimit::Resource::NOFILE.set(WANT, WANT);
+        }
+    }
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}

@@ -1,0 +1,429 @@
+//! The scenarios. Each measures Postern through the client process and the
+//! same thing over raw TCP (straight to the backend, or through the relay
+//! for RTT scenarios), and adds rows to the report.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::procs::{Pki, Proc};
+use super::report::{quantile, Report, Row};
+use super::{relay, traffic, Scenario, Sizes};
+
+/// The running topology shared by the scenarios.
+struct Env<'a> {
+    pki: Pki,
+    backend: SocketAddr,
+    server: Proc,
+    client: Proc,
+    rtt: Duration,
+    sizes: &'a Sizes,
+    stop: CancellationToken,
+    fd_limit: u64,
+}
+
+impl Env<'_> {
+    fn cpu(&self) -> anyhow::Result<f64> {
+        Ok(self.client.cpu_seconds()? + self.server.cpu_seconds()?)
+    }
+
+    /// A relay with the emulated RTT in front of `target`.
+    async fn relay(&self, target: SocketAddr) -> anyhow::Result<SocketAddr> {
+        relay::spawn(target, self.rtt, self.stop.clone())
+            .await
+            .context("starting the delay relay")
+    }
+}
+
+/// Starts backend, server and client, then runs `list` in order.
+pub async fn run_all(
+    list: &[Scenario],
+    sizes: &Sizes,
+    rtt: Duration,
+    stop: CancellationToken,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    eprintln!("postern bench: starting backend, postern server and postern client");
+    let pki = Pki::new().context("issuing certificates")?;
+    let backend = traffic::spawn_backend(stop.clone()).await?;
+    let server = Proc::server(&pki, backend).await?;
+    let flags: Vec<&str> = sizes.client_flags.iter().map(String::as_str).collect();
+    let client = Proc::client("client", &pki, server.addr.port(), &flags).await?;
+    let env = Env {
+        pki,
+        backend,
+        server,
+        client,
+        rtt,
+        sizes,
+        stop,
+        fd_limit: report.fd_limit,
+    };
+    // Opens the client's HTTP/2 connection, so "open connection" holds.
+    traffic::quick_exchange(env.client.addr)
+        .await
+        .with_context(|| format!("first tunnel: {}", env.client.log_tail()))?;
+    for (i, scenario) in list.iter().enumerate() {
+        let name = format!("{scenario:?}").to_lowercase();
+        eprintln!("[{}/{}] {name}", i + 1, list.len());
+        let result = match scenario {
+            Scenario::Bulk => bulk(&env, report).await,
+            Scenario::Latency => latency(&env, report).await,
+            Scenario::Setup => setup(&env, report).await,
+            Scenario::Rate => rate(&env, report).await,
+            Scenario::RttBulk => rtt_bulk(&env, report).await,
+            Scenario::Fairness => fairness(&env, report).await,
+            Scenario::Memory => memory(&env, report).await,
+        };
+        result.with_context(|| {
+            format!(
+                "scenario {name}\nserver log: {}\nclient log: {}",
+                env.server.log_tail(),
+                env.client.log_tail()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn mbps(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / 1e6 / t.as_secs_f64()
+}
+
+fn ratio(p: f64, b: f64) -> String {
+    format!("{:.2}x raw", p / b)
+}
+
+fn throughput_row(scenario: &'static str, metric: &str, p: f64, b: f64) -> Row {
+    Row {
+        scenario,
+        metric: metric.into(),
+        unit: "MB/s",
+        postern: Some(p),
+        baseline: Some(b),
+        note: ratio(p, b),
+    }
+}
+
+async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let n = env.sizes.bulk;
+    for up in [true, false] {
+        let dir = if up { "upload" } else { "download" };
+        let cpu0 = env.cpu()?;
+        let t = transfer(env.client.addr, n, up)
+            .await
+            .with_context(|| format!("{dir} through postern"))?;
+        let cpu = env.cpu()? - cpu0;
+        let b = transfer(env.backend, n, up)
+            .await
+            .with_context(|| format!("{dir} over raw TCP"))?;
+        let metric = format!("{dir} {} MiB, verified", n >> 20);
+        report.add(throughput_row("bulk", &metric, mbps(n, t), mbps(n, b)));
+        report.add(Row {
+            scenario: "bulk",
+            metric: format!("{dir} CPU, client + server"),
+            unit: "s/GB",
+            postern: Some(cpu / (n as f64 / 1e9)),
+            baseline: None,
+            note: format!("{:.0}% of a core", 100.0 * cpu / t.as_secs_f64()),
+        });
+    }
+    Ok(())
+}
+
+async fn transfer(addr: SocketAddr, n: u64, up: bool) -> std::io::Result<Duration> {
+    if up {
+        traffic::upload(addr, n).await
+    } else {
+        traffic::download(addr, n).await
+    }
+}
+
+async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    for loaded in [false, true] {
+        let mut results = Vec::new();
+        for addr in [env.client.addr, env.backend] {
+            let stop = env.stop.child_token();
+            let load = if loaded {
+                Some(start_streams(addr, 1, &stop).await?)
+            } else {
+                None
+            };
+            let samples = traffic::ping_pong(addr, env.sizes.pings).await;
+            stop.cancel();
+            if let Some((_, tasks)) = load {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            }
+            results.push(samples.context("ping-pong")?);
+        }
+        let label = if loaded { "beside bulk" } else { "idle" };
+        let [mut p, mut b] = <[Vec<f64>; 2]>::try_from(results)
+            .map_err(|_| anyhow::anyhow!("ping-pong results missing"))?;
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            let (pq, bq) = (quantile(&mut p, q), quantile(&mut b, q));
+            report.add(Row {
+                scenario: "latency",
+                metric: format!("1-byte round trip {name}, {label}"),
+                unit: "µs",
+                postern: Some(pq),
+                baseline: Some(bq),
+                note: format!("+{:.0} µs", pq - bq),
+            });
+        }
+    }
+    Ok(())
+}
+
+type Streams = (Vec<Arc<AtomicU64>>, Vec<tokio::task::JoinHandle<()>>);
+
+/// Starts `n` endless downloads and waits until each has received bytes.
+async fn start_streams(
+    addr: SocketAddr,
+    n: usize,
+    stop: &CancellationToken,
+) -> anyhow::Result<Streams> {
+    let counts: Vec<_> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let tasks = counts
+        .iter()
+        .map(|c| {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let _ = traffic::stream_until(addr, c, stop).await;
+            })
+        })
+        .collect::<Vec<_>>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counts.iter().any(|c| c.load(Ordering::Relaxed) == 0) {
+        if Instant::now() > deadline || tasks.iter().any(|t| t.is_finished()) {
+            stop.cancel();
+            anyhow::bail!("bulk streams did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((counts, tasks))
+}
+
+/// Times `n` connects to first byte (ms); `hold` keeps the tunnels open
+/// (so a one-stream-per-connection client must dial anew every time).
+async fn first_bytes(addr: SocketAddr, n: usize, hold: bool) -> anyhow::Result<Vec<f64>> {
+    let mut held: Vec<TcpStream> = Vec::new();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut sock, t) = traffic::connect(addr).await.context("first byte")?;
+        times.push(t.as_secs_f64() * 1e3);
+        if hold {
+            held.push(sock);
+        } else {
+            let _ = sock.write_all(&[traffic::QUIT]).await;
+        }
+    }
+    Ok(times)
+}
+
+async fn setup(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    const COLD: &[&str] = &["--max-streams-per-connection", "1"];
+    let (n0, nr) = env.sizes.setups;
+    let rtt_ms = env.rtt.as_secs_f64() * 1e3;
+    let base0 = first_bytes(env.backend, n0, false).await?;
+    let open0 = first_bytes(env.client.addr, n0, false).await?;
+    let cold = Proc::client("client-cold", &env.pki, env.server.addr.port(), COLD).await?;
+    let cold0 = first_bytes(cold.addr, n0, true).await?;
+    drop(cold);
+    let mut rows = vec![("open connection, 0 ms", open0, base0.clone(), 0.0)];
+    rows.push(("cold connection, 0 ms", cold0, base0, 0.0));
+    if rtt_ms > 0.0 {
+        let to_server = env.relay(env.server.addr).await?;
+        let to_backend = env.relay(env.backend).await?;
+        let base = first_bytes(to_backend, nr, false).await?;
+        let warm = Proc::client("client-rtt", &env.pki, to_server.port(), &[]).await?;
+        traffic::quick_exchange(warm.addr).await?;
+        let open = first_bytes(warm.addr, nr, false).await?;
+        drop(warm);
+        let cold = Proc::client("client-rtt-cold", &env.pki, to_server.port(), COLD).await?;
+        let coldr = first_bytes(cold.addr, nr, true).await?;
+        rows.push(("open connection, RTT", open, base.clone(), rtt_ms));
+        rows.push(("cold connection, RTT", coldr, base, rtt_ms));
+    }
+    for (what, mut p, mut b, rtt) in rows {
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            let (pq, bq) = (quantile(&mut p, q), quantile(&mut b, q));
+            let note = if rtt > 0.0 {
+                format!("{:.2} RTT (raw {:.2})", pq / rtt, bq / rtt)
+            } else {
+                format!("+{:.2} ms", pq - bq)
+            };
+            report.add(Row {
+                scenario: "setup",
+                metric: format!("first byte {name}, {what}"),
+                unit: "ms",
+                postern: Some(pq),
+                baseline: Some(bq),
+                note,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs short connections from `workers` tasks for `span`; (ok, errors, elapsed).
+async fn churn(addr: SocketAddr, workers: usize, span: Duration) -> (u64, u64, Duration) {
+    let started = Instant::now();
+    let deadline = started + span;
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (ok, failed) = (ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match traffic::quick_exchange(addr).await {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        elapsed,
+    )
+}
+
+async fn rate(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    const WORKERS: usize = 16;
+    let (ok, failed, t) = churn(env.client.addr, WORKERS, env.sizes.rate_for).await;
+    // Raw TCP needs far less time for a stable figure (and fewer TIME_WAITs).
+    let span = env.sizes.rate_for.min(Duration::from_secs(2));
+    let (bok, bfailed, bt) = churn(env.backend, WORKERS, span).await;
+    let (p, b) = (ok as f64 / t.as_secs_f64(), bok as f64 / bt.as_secs_f64());
+    report.add(Row {
+        scenario: "rate",
+        metric: format!("new tunnels/s, {WORKERS} at a time"),
+        unit: "1/s",
+        postern: Some(p),
+        baseline: Some(b),
+        note: format!("{ok} ok, {failed} errors (raw: {bfailed} errors)"),
+    });
+    if failed > 0 {
+        anyhow::bail!("{failed} tunnels failed during the rate scenario");
+    }
+    Ok(())
+}
+
+async fn rtt_bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let n = env.sizes.rtt_bulk;
+    let to_server = env.relay(env.server.addr).await?;
+    let to_backend = env.relay(env.backend).await?;
+    let client = Proc::client("client-rtt", &env.pki, to_server.port(), &[]).await?;
+    traffic::quick_exchange(client.addr).await?;
+    for up in [true, false] {
+        let dir = if up { "upload" } else { "download" };
+        let t = transfer(client.addr, n, up)
+            .await
+            .with_context(|| format!("{dir} through postern"))?;
+        let b = transfer(to_backend, n, up)
+            .await
+            .with_context(|| format!("{dir} over raw TCP"))?;
+        let metric = format!("{dir} {} MiB at {} ms RTT", n >> 20, env.rtt.as_millis());
+        report.add(throughput_row("rtt-bulk", &metric, mbps(n, t), mbps(n, b)));
+    }
+    Ok(())
+}
+
+async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    const N: usize = 8;
+    let mut figures = Vec::new();
+    for addr in [env.client.addr, env.backend] {
+        let stop = env.stop.child_token();
+        let (counts, tasks) = start_streams(addr, N, &stop).await?;
+        let snap = |c: &[Arc<AtomicU64>]| -> Vec<u64> {
+            c.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        };
+        let before = snap(&counts);
+        let started = Instant::now();
+        // The measurement window itself, not a synchronisation.
+        tokio::time::sleep(env.sizes.fair_for).await;
+        let after = snap(&counts);
+        let span = started.elapsed();
+        stop.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let total: u64 = deltas.iter().sum();
+        let slowest = deltas.iter().copied().min().unwrap_or(0);
+        let share = 100.0 * slowest as f64 * N as f64 / total.max(1) as f64;
+        figures.push((mbps(total, span), share));
+    }
+    let ((p, ps), (b, bs)) = (figures[0], figures[1]);
+    report.add(throughput_row(
+        "fairness",
+        "8 downloads on one connection, total",
+        p,
+        b,
+    ));
+    report.add(Row {
+        scenario: "fairness",
+        metric: "slowest of 8, share of fair".into(),
+        unit: "%",
+        postern: Some(ps),
+        baseline: Some(bs),
+        note: String::new(),
+    });
+    Ok(())
+}
+
+async fn memory(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
+    const BATCH: usize = 64;
+    // This process holds two sockets per tunnel (app and backend side).
+    let fit = (env.fd_limit.saturating_sub(256) / 2) as usize;
+    let base = (env.client.rss_kib()?, env.server.rss_kib()?);
+    let mut held: Vec<TcpStream> = Vec::new();
+    for &wanted in &env.sizes.idle {
+        let target = wanted.min(fit);
+        if target < wanted {
+            eprintln!(
+                "    open-file limit {}: {target} tunnels instead of {wanted}",
+                env.fd_limit
+            );
+        }
+        while held.len() < target {
+            let k = BATCH.min(target - held.len());
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..k {
+                set.spawn(traffic::connect(env.client.addr));
+            }
+            while let Some(r) = set.join_next().await {
+                let (sock, _) = r?.with_context(|| format!("idle tunnel {}", held.len() + 1))?;
+                held.push(sock);
+            }
+        }
+        eprintln!("    {target} idle tunnels open");
+        let now = (env.client.rss_kib()?, env.server.rss_kib()?);
+        for (who, b, n) in [("client", base.0, now.0), ("server", base.1, now.1)] {
+            report.add(Row {
+                scenario: "memory",
+                metric: format!("RSS per idle tunnel, {who}, {target} open"),
+                unit: "KiB",
+                postern: Some(n.saturating_sub(b) as f64 / target as f64),
+                baseline: None,
+                note: format!("{} MiB -> {} MiB", b >> 10, n >> 10),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `postern bench` end to end: the real binary starts its own server and
+//! client processes; the JSON must carry positive figures for both Postern
+//! and the raw TCP baseline (no timing thresholds: the machine is shared).
+
+use std::process::Command;
+
+#[test]
+fn bench_bulk_writes_positive_figures() {
+    let dir = std::env::temp_dir().join(format!("postern-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["bench", "--quick", "--scenario", "bulk", "--bulk-mib", "8"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("upload 8 MiB"), "table: {stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let throughput: Vec<_> = rows.iter().filter(|r| r["unit"] == "MB/s").collect();
+    assert_eq!(throughput.len(), 2, "upload and download rows: {rows:?}");
+    for row in throughput {
+        let postern = row["postern"].as_f64().unwrap();
+        let baseline = row["baseline"].as_f64().unwrap();
+        assert!(postern > 0.0 && baseline > 0.0, "{row}");
+    }
+    let cpu = rows.iter().filter(|r| r["unit"] == "s/GB").count();
+    assert_eq!(cpu, 2, "CPU rows: {rows:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
