@@ -182,3 +182,44 @@ async fn front_end_that_cannot_speak_h2c_to_the_container_is_explained() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn through_caddy_healthy_and_without_h2c_upstream() {
+    if !common::caddy::installed("doctor through_caddy") {
+        return;
+    }
+    let pki = Pki::new();
+    let shutdown = CancellationToken::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let (server, _reports) = start_server(
+        backend.addr,
+        &[
+            "--cert",
+            &pki.p("server.pem"),
+            "--key",
+            &pki.p("server-key.pem"),
+            "--client-ca",
+            &pki.p("ca.pem"),
+        ],
+        &shutdown,
+    )
+    .await;
+    let flags = client_flags(&pki);
+    let argv: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let healthy = common::caddy::Caddy::start(&pki, server).await;
+    let out = doctor(&healthy.url(), &argv).await;
+    assert!(out.ok, "doctor failed through Caddy:\n{}", healthy.log());
+    assert!(out.stdout.contains("[ok]   mTLS") && out.stdout.contains(CLIENT_ID));
+    // Caddy proxying h2c to something that is not an HTTP/2 server: what a
+    // service deployed without --use-http2 looks like from outside.
+    let not_h2c = TestBackend::start(Backend::Banner).await;
+    let broken = common::caddy::Caddy::start(&pki, not_h2c.addr).await;
+    let out = doctor(&broken.url(), &argv).await;
+    assert!(!out.ok);
+    assert!(
+        out.stdout.contains("[FAIL] server") && out.stdout.contains("--use-http2"),
+        "{}",
+        out.stdout
+    );
+    shutdown.cancel();
+}
