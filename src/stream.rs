@@ -258,29 +258,11 @@ fn read_end(e: h2::Error, recv: &mut Recv) -> io::Result<()> {
 
 impl AsyncWrite for H2Stream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let want = buf.len().min(MAX_WRITE);
-        self.send.reserve_capacity(want);
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => {
-                    let n = granted.min(want);
-                    self.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_to_io)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => return Poll::Ready(Err(self.closed_error(cx))),
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     /// Coalesces the slices (the TLS layer hands over all its pending records
