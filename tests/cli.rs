@@ -65,48 +65,12 @@ async fn certs_writes_a_usable_set_and_refuses_to_overwrite() {
     assert!(!again);
     assert!(err.contains("--force"), "{err}");
     // The issued set drives a real tunnel.
-    let backend = TestBackend::start(Backend::Banner).await;
-    let shutdown = CancellationToken::new();
-    let p = |f: &str| dir.path(&format!("set/{f}")).display().to_string();
-    let (server, mut reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-        &shutdown,
-    )
-    .await;
-    let url = format!("http://127.0.0.1:{}/", server.port());
-    let client = start_client(
-        &url,
-        &[
-            "--cert",
-            &p("client.pem"),
-            "--key",
-            &p("client-key.pem"),
-            "--ca",
-            &p("ca.pem"),
-            "--server-name",
-            "localhost",
-        ],
-        &shutdown,
-    )
-    .await;
-    assert_eq!(read_all(client).await.unwrap(), BANNER.as_bytes());
-    let report = tokio::time::timeout(LIMIT, reports.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (got, report) = banner_with_files(&dir.path("set")).await;
+    assert_eq!(got, BANNER.as_bytes());
     assert_eq!(
         report.identity.unwrap().uris,
         vec!["spiffe://cli.test/app".to_string()]
     );
-    shutdown.cancel();
 }
 
 #[tokio::test]

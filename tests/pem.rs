@@ -9,7 +9,6 @@ use std::process::Command;
 use common::*;
 use postern::certs::{KeyAlg, LeafSpec};
 use postern::pem::{self, PemError};
-use tokio_util::sync::CancellationToken;
 
 fn openssl(dir: &TempDir, args: &[&str]) {
     let out = Command::new("openssl")
@@ -192,51 +191,12 @@ async fn openssl_made_keys_and_certificates_carry_a_tunnel() {
         pem::load_identity(&dir.path(cert), &dir.path(key))
             .unwrap_or_else(|e| panic!("{cert}: {e}"));
     }
-    let p = |f: &str| dir.path(f).display().to_string();
-    let backend = TestBackend::start(Backend::Banner).await;
-    let shutdown = CancellationToken::new();
-    let (server, mut reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-        &shutdown,
-    )
-    .await;
-    let url = format!("http://127.0.0.1:{}/", server.port());
-    let client = start_client(
-        &url,
-        &[
-            "--cert",
-            &p("client.pem"),
-            "--key",
-            &p("client-key.pem"),
-            "--ca",
-            &p("ca.pem"),
-            "--server-name",
-            "localhost",
-        ],
-        &shutdown,
-    )
-    .await;
-    assert_eq!(
-        read_all(client).await.unwrap(),
-        postern::backend::BANNER.as_bytes()
-    );
-    let report = tokio::time::timeout(LIMIT, reports.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (got, report) = banner_with_files(&dir.0).await;
+    assert_eq!(got, postern::backend::BANNER.as_bytes());
     assert_eq!(
         report.identity.unwrap().uris,
         vec!["spiffe://openssl.test/client".to_string()]
     );
-    shutdown.cancel();
 }
 
 #[test]

@@ -306,6 +306,47 @@ impl Stack {
     }
 }
 
+/// Runs one banner tunnel (h2c, inner mTLS) with the certificate set in
+/// `dir` (ca.pem, server.pem/-key, client.pem/-key, server named localhost);
+/// returns what the app read and the server's report of the tunnel.
+pub async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let backend = TestBackend::start(Backend::Banner).await;
+    let shutdown = CancellationToken::new();
+    let (server, mut reports) = start_server(
+        backend.addr,
+        &[
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+        &shutdown,
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/", server.port());
+    let client_flags = [
+        "--cert",
+        &p("client.pem"),
+        "--key",
+        &p("client-key.pem"),
+        "--ca",
+        &p("ca.pem"),
+        "--server-name",
+        "localhost",
+    ];
+    let client = start_client(&url, &client_flags, &shutdown).await;
+    let got = read_all(client).await.expect("read through the tunnel");
+    let report = tokio::time::timeout(LIMIT, reports.recv())
+        .await
+        .expect("timed out waiting for a tunnel report")
+        .expect("server stopped");
+    shutdown.cancel();
+    (got, report)
+}
+
 /// Writes `data` to `addr`, half-closes, and reads everything that comes back.
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut sock = TcpStream::connect(addr).await?;
