@@ -203,11 +203,7 @@ impl Tunnel {
             };
             let send = respond.send_response(ok(), false)?;
             let mut stream = H2Stream::server(send, req.into_body());
-            return self
-                .copy(&mut stream, &mut backend, report, |s| {
-                    s.reset(Reason::CANCEL)
-                })
-                .await;
+            return self.copy(&mut stream, &mut backend, report, |s| s).await;
         };
         // Answer first: the client's inner ClientHello is already on its way, and
         // it needs the response to read our ServerHello.
@@ -262,10 +258,8 @@ impl Tunnel {
                 return Err(e);
             }
         };
-        self.copy(&mut tls, &mut backend, report, |t| {
-            t.get_mut().0.reset(Reason::CANCEL)
-        })
-        .await
+        self.copy(&mut tls, &mut backend, report, |t| t.get_mut().0)
+            .await
     }
 
     fn no_route(&self, sni: Option<String>) -> TunnelError {
@@ -314,7 +308,7 @@ impl Tunnel {
         stream: &mut S,
         backend: &mut Metered<TcpStream>,
         report: &mut TunnelReport,
-        reset: impl FnOnce(&mut S),
+        h2: impl Fn(&mut S) -> &mut H2Stream,
     ) -> Result<(), TunnelError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -329,6 +323,11 @@ impl Tunnel {
                     return Err(TunnelError::Copy(e));
                 }
                 let _ = backend.shutdown().await;
+                // Close both sides of the stream before dropping it: a drop
+                // with the client's END_STREAM still in flight resets the
+                // stream, and a reset can discard response bytes the client
+                // has not read yet.
+                h2(stream).finish().await;
                 return Ok(());
             }
             expired = watchdog::expiry(&activity, idle, lifetime) => expired,
@@ -336,7 +335,7 @@ impl Tunnel {
         // The copy was cut short, so its totals are lost; the metrics still
         // counted every byte.
         tunnel::abort(&backend.inner);
-        reset(stream);
+        h2(stream).reset(Reason::CANCEL);
         Err(match expired {
             Expired::Idle(d) => TunnelError::Idle(d),
             Expired::Lifetime(d) => TunnelError::Lifetime(d),
