@@ -225,16 +225,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Accepts local connections until `shutdown`; each becomes one tunnel.
 pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: CancellationToken) {
     loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
+        let Some((sock, peer)) = tunnel::accept(&listener, &shutdown).await else {
+            return;
         };
         let forward = forward.clone();
         tokio::spawn(

@@ -30,7 +30,7 @@
 //!   and the client half of a tunnel. [`connector`]: the pool of HTTP/2
 //!   connections to the front end.
 //! - [`stream`]: an HTTP/2 stream as a byte stream (flow control, half-close,
-//!   resets). [`tunnel`]: the bidirectional copy and its byte counts.
+//!   resets). [`tunnel`]: accepting sockets, the bidirectional copy and its byte counts.
 //! - [`tls`]: rustls configurations for the outer and inner layers, the
 //!   identity-checking client verifier, swappable certificates. [`pem`]:
 //!   loading and checking PEM files. [`identity`]: the peer's verified identity.

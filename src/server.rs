@@ -190,17 +190,8 @@ pub async fn serve(
             .watch(config.watch_interval, shutdown.clone()),
     );
     loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly rather than spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
+        let Some((sock, peer)) = crate::tunnel::accept(&listener, &shutdown).await else {
+            break;
         };
         let config = config.clone();
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
