@@ -35,9 +35,33 @@ use crate::policy::Allow;
 /// ALPN protocol id for HTTP/2 over TLS.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The crypto provider for every config: aws-lc-rs.
+/// The crypto provider for every config: aws-lc-rs for key exchange,
+/// signatures and randomness, with the record ciphers taken from *ring* and
+/// AES-128-GCM preferred.
+///
+/// Every tunnelled byte is sealed and opened twice (inner and outer TLS), and
+/// AES-GCM is the largest single cost in the byte path (a third of both
+/// processes' CPU in a bulk profile). *ring* carries a VAES/AVX2 AES-GCM
+/// that aws-lc-rs lacks (it has only the AVX-512 one): sealing 16 KiB
+/// records measured 6.3–7.6 GB/s against 3.2–4.0 GB/s with aws-lc-rs on
+/// this AVX2 machine. AES-128 (10 rounds against 14) is the suite TLS 1.3
+/// makes mandatory; AES-256 and ChaCha20 stay on offer. Servers follow the
+/// client's order, so a Postern client picks it for both layers. Figures
+/// are in the README's Performance section.
+///
+/// Key exchange stays at the aws-lc-rs default order (X25519 key share
+/// first; X25519MLKEM768 offered for servers that ask for it). Sending the
+/// hybrid post-quantum share first measured 745 new tunnels/s against
+/// 890–990 and roughly doubled the per-tunnel handshake time at 0 ms RTT.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut suites = rustls::crypto::ring::default_provider().cipher_suites;
+    // A stable sort keeps the rest of the default order as it was.
+    suites.sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let provider = CryptoProvider {
+        cipher_suites: suites,
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    Arc::new(provider)
 }
 
 /// A certificate and key that can be replaced while in use.
@@ -447,5 +471,72 @@ impl fmt::Display for HandshakeFailure {
             Self::PeerAlert => "client aborted the handshake",
             Self::Other => "TLS error",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    /// The suite a real inner handshake between our own configs settles on
+    /// (the outer layer uses the same provider).
+    #[tokio::test]
+    async fn handshake_settles_on_aes_128_gcm() {
+        let dir = std::env::temp_dir().join(format!("postern-tls-suite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = crate::certs::bundle(&[], &[], Default::default()).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = write("ca.pem", &set.ca.cert_pem());
+        let slot = |issued: &crate::certs::Issued, name: &str| {
+            let cert = write(&format!("{name}.pem"), &issued.cert_pem);
+            let key = write(&format!("{name}-key.pem"), &issued.key_pem);
+            CertSlot::new(pem::load_identity(&cert, &key).unwrap())
+        };
+        let roots = pem::load_roots(&ca).unwrap();
+        let server = inner_server_config(
+            slot(&set.server, "server"),
+            roots.clone(),
+            Vec::new(),
+            Allow::default(),
+        )
+        .unwrap();
+        let client = inner_client_config(slot(&set.client, "client"), roots).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (c, s) = tokio::join!(
+            TlsConnector::from(client).connect(name, a),
+            TlsAcceptor::from(server).accept(b)
+        );
+        let (c, s) = (c.unwrap(), s.unwrap());
+        let states: [&CommonState; 2] = [c.get_ref().1, s.get_ref().1];
+        for state in states {
+            let suite = state.negotiated_cipher_suite().unwrap().suite();
+            assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        }
+    }
+
+    #[test]
+    fn every_default_suite_stays_on_offer() {
+        let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut defaults: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        defaults.sort_by_key(|s| u16::from(*s));
+        assert_eq!(
+            sorted, defaults,
+            "same suites as aws-lc-rs offers, reordered"
+        );
     }
 }
