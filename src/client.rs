@@ -15,13 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn};
 
 use crate::connector::{Connector, Target};
 use crate::pem;
 use crate::tls::{self, CertSlot};
 use crate::token::{IdTokens, TokenSource};
 use crate::tunnel::{self, Totals};
+use crate::workers::Workers;
 
 /// `postern client`: the side next to the application.
 #[derive(Debug, clap::Args)]
@@ -87,6 +88,11 @@ pub struct Args {
     /// Seconds allowed to connect to the front end and for the inner handshake.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Worker threads; each HTTP/2 connection and its tunnels run on one.
+    /// New tunnels fill the first worker up to --max-streams-per-connection
+    /// before the next gets any [default: one per CPU].
+    #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 /// One forward: a local listener and the connector for its URL.
@@ -101,6 +107,8 @@ pub struct Forward {
     pub tokens: Option<IdTokens>,
     /// Limit for the inner handshake.
     pub handshake_timeout: Duration,
+    /// Worker threads for [`serve`] (see [`crate::workers`]).
+    pub workers: usize,
 }
 
 impl Forward {
@@ -159,7 +167,24 @@ impl Forward {
             headers: parse_headers(&args.headers)?,
             tokens,
             handshake_timeout: timeout,
+            workers: args
+                .workers
+                .map_or_else(crate::workers::default_count, usize::from),
         })
+    }
+
+    /// The same forward with a pool of its own, for another worker thread:
+    /// an HTTP/2 connection is driven on one thread, so each worker keeps
+    /// its own connections. ID tokens stay shared (one cache, one fetch).
+    fn for_worker(&self) -> Forward {
+        Forward {
+            connector: Arc::new(self.connector.sibling()),
+            inner: self.inner.clone(),
+            headers: self.headers.clone(),
+            tokens: self.tokens.clone(),
+            handshake_timeout: self.handshake_timeout,
+            workers: self.workers,
+        }
     }
 }
 
@@ -222,15 +247,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts local connections until `shutdown`; each becomes one tunnel.
+/// Accepts local connections until `shutdown`; each becomes one tunnel on
+/// a worker thread. Tunnels fill the first worker up to the connector's
+/// streams per connection before the next worker gets any, so they share
+/// HTTP/2 connections as they would in a single pool; worker 0 uses
+/// `forward`'s own connector, the others a sibling each.
 pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: CancellationToken) {
+    let workers = match Workers::start(forward.workers, "postern-worker") {
+        Ok(workers) => workers,
+        Err(e) => {
+            error!(error = %e, "cannot start the worker threads");
+            return;
+        }
+    };
+    let forwards: Vec<Arc<Forward>> = std::iter::once(forward.clone())
+        .chain((1..workers.len()).map(|_| Arc::new(forward.for_worker())))
+        .collect();
+    let fill = forward.connector.max_streams();
     loop {
         let Some((sock, peer)) = tunnel::accept(&listener, &shutdown).await else {
             return;
         };
-        let forward = forward.clone();
-        tokio::spawn(
-            async move { forward.handle(sock).await }.instrument(info_span!("tunnel", %peer)),
+        let index = workers.pick(fill);
+        let forward = forwards[index].clone();
+        workers.run(
+            index,
+            sock,
+            info_span!("tunnel", %peer),
+            move |sock| async move { forward.handle(sock).await },
         );
     }
 }

@@ -190,6 +190,23 @@ impl Connector {
         }
     }
 
+    /// A connector to the same target with the same settings and a pool of
+    /// its own.
+    pub fn sibling(&self) -> Connector {
+        Connector::new(
+            self.target.clone(),
+            self.outer.clone(),
+            self.max_streams,
+            self.keepalive,
+            self.connect_timeout,
+        )
+    }
+
+    /// Most open tunnels per pooled connection.
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
     /// The target this connector dials.
     pub fn target(&self) -> &Target {
         &self.target

@@ -29,6 +29,8 @@
 //! - [`client`]: `postern client` — local listeners, `--forward`, `--stdio`,
 //!   and the client half of a tunnel. [`connector`]: the pool of HTTP/2
 //!   connections to the front end.
+//! - [`workers`]: single-threaded worker runtimes; an accepted connection
+//!   and all it carries stay on one of them (server and client alike).
 //! - [`stream`]: an HTTP/2 stream as a byte stream (flow control, half-close,
 //!   resets). [`tunnel`]: accepting sockets, the bidirectional copy and its byte counts.
 //! - [`tls`]: rustls configurations for the outer and inner layers, the
@@ -69,3 +71,4 @@ pub mod tls;
 pub mod token;
 pub mod tunnel;
 pub mod watchdog;
+pub mod workers;

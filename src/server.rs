@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 use crate::backend;
 use crate::metrics::Metrics;
@@ -28,6 +28,7 @@ use crate::reload::{InnerFiles, Live, RouteSource, Sources};
 pub use crate::server_args::{parse_duration, Args};
 use crate::server_tunnel::{self, TunnelReport};
 use crate::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::workers::Workers;
 
 /// Everything a running server needs, built once from [`Args`].
 pub struct Config {
@@ -55,6 +56,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Receives one report per finished tunnel (tests and the demo listen here).
     pub reports: Option<mpsc::UnboundedSender<TunnelReport>>,
+    /// Worker threads that serve connections (see [`crate::workers`]).
+    pub workers: usize,
 }
 
 impl Config {
@@ -120,6 +123,9 @@ impl Config {
             metrics,
             metrics_addr,
             reports: None,
+            workers: args
+                .workers
+                .map_or_else(crate::workers::default_count, usize::from),
         })
     }
 }
@@ -183,6 +189,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
+    let workers = Workers::start(config.workers, "postern-worker")
+        .context("cannot start the worker threads")?;
     tokio::spawn(
         config
             .live
@@ -196,19 +204,20 @@ pub async fn serve(
         let config = config.clone();
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
         let span = info_span!("conn", %peer);
-        tracker.spawn(
-            async move {
-                tokio::select! {
-                    r = connection(sock, peer, config, shutdown) => {
-                        if let Err(e) = r {
-                            debug!(error = format!("{e:#}"), "connection ended");
-                        }
+        // The drain waits for this token; the worker holds it until the
+        // connection is gone.
+        let token = tracker.token();
+        workers.run(workers.pick(1), sock, span, move |sock| async move {
+            let _token = token;
+            tokio::select! {
+                r = connection(sock, peer, config, shutdown) => {
+                    if let Err(e) = r {
+                        debug!(error = format!("{e:#}"), "connection ended");
                     }
-                    _ = hard_stop.cancelled() => debug!("connection closed at the end of the drain"),
                 }
+                _ = hard_stop.cancelled() => debug!("connection closed at the end of the drain"),
             }
-            .instrument(span),
-        );
+        });
     }
     drop(listener);
     tracker.close();

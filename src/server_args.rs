@@ -95,6 +95,10 @@ pub struct Args {
     /// ends requests at its own request timeout anyway).
     #[arg(long, value_parser = parse_duration)]
     pub max_lifetime: Option<Duration>,
+    /// Worker threads; each HTTP/2 connection and its tunnels run on one
+    /// [default: one per CPU].
+    #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// Most tunnels open at once in this process; more are answered 503.
     #[arg(long, default_value_t = 16384)]
     pub max_tunnels: usize,

@@ -135,6 +135,7 @@ async fn client_without_certificate_is_refused_before_backend() {
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
+        workers: postern::workers::default_count(),
     };
     let client = start_forward(forward, &shutdown).await;
     assert_refused(client).await;

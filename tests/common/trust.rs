@@ -142,6 +142,7 @@ pub async fn raw_client(
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
+        workers: postern::workers::default_count(),
     };
     crate::common::start_forward(forward, shutdown).await
 }
