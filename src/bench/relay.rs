@@ -7,16 +7,20 @@
 //! The upstream connect waits 1.5 RTT, which is when a real server would
 //! accept (SYN, SYN-ACK, ACK) and when the client's first bytes would
 //! arrive; without it a raw TCP baseline would be an RTT too fast.
+//!
+//! The relay runs on plain threads with blocking sockets: a thread sleeps to
+//! within tens of microseconds of its deadline, while the runtime's timer
+//! rounds every wait up to the next millisecond — at 20 ms RTT that added
+//! up to 5 % per one-way trip and made every "RTTs" figure too high.
 
-use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Chunks in flight per direction: at 64 KiB a chunk this holds far more
@@ -25,94 +29,110 @@ const QUEUE: usize = 8192;
 const READ: usize = 64 * 1024;
 
 /// Starts a relay to `target` delaying each direction by `rtt / 2`; returns
-/// its address.
+/// its address. It stops accepting when `shutdown` fires; relayed
+/// connections end when their peers close them.
 pub async fn spawn(
     target: SocketAddr,
     rtt: Duration,
     shutdown: CancellationToken,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let sock = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((sock, _)) => sock,
-                    Err(_) => { tokio::task::yield_now().await; continue; }
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = connection(sock, target, rtt) => {}
-                    _ = stop.cancelled() => {}
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop = stopped.clone();
+    thread::Builder::new()
+        .name("bench-relay".into())
+        .spawn(move || {
+            for sock in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
                 }
-            });
-        }
+                if let Ok(sock) = sock {
+                    let _ = thread::Builder::new()
+                        .name("bench-relay-conn".into())
+                        .spawn(move || connection(sock, target, rtt));
+                }
+            }
+        })?;
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopped.store(true, Ordering::Release);
+        // Wakes the accepting thread so that it sees the flag.
+        let _ = tokio::net::TcpStream::connect(addr).await;
     });
     Ok(addr)
 }
 
-async fn connection(inbound: TcpStream, target: SocketAddr, rtt: Duration) -> io::Result<()> {
+fn connection(inbound: TcpStream, target: SocketAddr, rtt: Duration) -> io::Result<()> {
     let one_way = rtt / 2;
     inbound.set_nodelay(true)?;
-    let (ir, iw) = inbound.into_split();
     // The client may send before the emulated handshake ends (its connect
     // returned at once): those bytes are stamped now, not after the connect.
-    let (up_tx, up_rx) = mpsc::channel(QUEUE);
-    let upload = reader(ir, up_tx, one_way);
-    let rest = async move {
-        tokio::time::sleep(one_way * 3).await;
-        let upstream = TcpStream::connect(target).await?;
-        upstream.set_nodelay(true)?;
-        let (ur, uw) = upstream.into_split();
-        let (down_tx, down_rx) = mpsc::channel(QUEUE);
-        tokio::join!(
-            writer(up_rx, uw),
-            reader(ur, down_tx, one_way),
-            writer(down_rx, iw)
-        );
-        Ok::<_, io::Error>(())
+    let (up_tx, up_rx) = mpsc::sync_channel(QUEUE);
+    let upload = reader(inbound.try_clone()?, up_tx, one_way);
+    thread::sleep(one_way * 3);
+    let upstream = match TcpStream::connect(target) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = inbound.shutdown(Shutdown::Both);
+            return Err(e);
+        }
     };
-    let (_, r) = tokio::join!(upload, rest);
-    r
+    upstream.set_nodelay(true)?;
+    let (down_tx, down_rx) = mpsc::sync_channel(QUEUE);
+    let download = reader(upstream.try_clone()?, down_tx, one_way);
+    let send_up = thread::spawn(move || writer(up_rx, upstream));
+    writer(down_rx, inbound);
+    for t in [upload, download, send_up] {
+        let _ = t.join();
+    }
+    Ok(())
 }
 
 /// A stamped chunk; `None` is the half-close.
-type Stamped = (Instant, Option<Bytes>);
+type Stamped = (Instant, Option<Vec<u8>>);
 
-/// Reads chunks as they come and queues each with its delivery time.
-async fn reader<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Stamped>, delay: Duration) {
-    let mut buf = BytesMut::with_capacity(READ);
-    loop {
-        buf.reserve(READ);
-        let chunk = match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(buf.split().freeze()),
-        };
-        let end = chunk.is_none();
-        if tx.send((Instant::now() + delay, chunk)).await.is_err() || end {
-            return;
+/// Reads chunks as they come, on a thread of its own, and queues each with
+/// its delivery time.
+fn reader(
+    mut r: TcpStream,
+    tx: mpsc::SyncSender<Stamped>,
+    delay: Duration,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; READ];
+        loop {
+            let chunk = match r.read(&mut buf) {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(buf[..n].to_vec()),
+            };
+            let end = chunk.is_none();
+            if tx.send((Instant::now() + delay, chunk)).is_err() || end {
+                return;
+            }
         }
-    }
+    })
 }
 
 /// Writes each queued chunk at its delivery time.
-async fn writer<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Stamped>, mut w: W) {
-    while let Some((at, chunk)) = rx.recv().await {
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
+fn writer(rx: mpsc::Receiver<Stamped>, mut w: TcpStream) {
+    for (at, chunk) in rx {
+        let now = Instant::now();
+        if at > now {
+            thread::sleep(at - now);
         }
-        let done = match chunk {
-            Some(bytes) => w.write_all(&bytes).await.is_err(),
-            None => {
-                let _ = w.shutdown().await;
-                true
+        match chunk {
+            Some(bytes) => {
+                if w.write_all(&bytes).is_err() {
+                    // Unblocks the reader of this socket too.
+                    let _ = w.shutdown(Shutdown::Both);
+                    return;
+                }
             }
-        };
-        if done {
-            return;
+            None => {
+                let _ = w.shutdown(Shutdown::Write);
+                return;
+            }
         }
     }
 }
