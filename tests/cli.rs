@@ -259,6 +259,17 @@ async fn bad_input_gets_one_line_errors_naming_the_culprit() {
         ),
         (
             vec![
+                "server",
+                "--backend",
+                "127.0.0.1:1",
+                "--no-inner-tls",
+                "--workers",
+                "0",
+            ],
+            "--workers",
+        ),
+        (
+            vec![
                 "client",
                 "--url",
                 "ftp://x",
