@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn};
+use tracing::{info, info_span, warn};
 
 use crate::connector::{Connector, Target};
 use crate::pem;
@@ -243,7 +243,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         info!(listen = %listener.local_addr()?, %url, "client forwarding");
         tasks.spawn(serve(listener, forward, shutdown.clone()));
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        done.context("a forward's task ended abnormally")??;
+    }
     Ok(())
 }
 
@@ -252,21 +254,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// streams per connection before the next worker gets any, so they share
 /// HTTP/2 connections as they would in a single pool; worker 0 uses
 /// `forward`'s own connector, the others a sibling each.
-pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: CancellationToken) {
-    let workers = match Workers::start(forward.workers, "postern-worker") {
-        Ok(workers) => workers,
-        Err(e) => {
-            error!(error = %e, "cannot start the worker threads");
-            return;
-        }
-    };
+/// Fails only if the worker threads cannot be started.
+pub async fn serve(
+    listener: TcpListener,
+    forward: Arc<Forward>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let workers = Workers::start(forward.workers, "postern-worker")
+        .context("cannot start the worker threads")?;
     let forwards: Vec<Arc<Forward>> = std::iter::once(forward.clone())
         .chain((1..workers.len()).map(|_| Arc::new(forward.for_worker())))
         .collect();
     let fill = forward.connector.max_streams();
     loop {
         let Some((sock, peer)) = tunnel::accept(&listener, &shutdown).await else {
-            return;
+            return Ok(());
         };
         let index = workers.pick(fill);
         let forward = forwards[index].clone();
