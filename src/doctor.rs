@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::client::{self, Forward};
-use crate::identity::PeerIdentity;
-use crate::stream::H2Stream;
+use crate::authz::identity::PeerIdentity;
+use crate::transport::stream::H2Stream;
 use crate::tls;
 
 /// `postern doctor`: check every step from here to the backend.
@@ -451,7 +451,7 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 fn config_identity(args: &client::Args) -> Option<String> {
-    let cert = crate::pem::load_certs(args.cert.as_deref()?).ok()?;
+    let cert = crate::tls::pem::load_certs(args.cert.as_deref()?).ok()?;
     PeerIdentity::from_der(cert.first()?)
         .ok()
         .map(|id| describe(&id))

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use postern::cli::{Cli, Command, LogFormat};
+use postern::cmd::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,8 +31,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => postern::demo::run(args).await,
             Command::Server(args) => postern::server::run(args).await,
             Command::Client(args) => postern::client::run(args).await,
-            Command::Certs(args) => postern::certs::run(args),
-            Command::Backend(args) => postern::backend::run(args).await,
+            Command::Certs(args) => postern::pki::run(args),
+            Command::Backend(args) => postern::server::backend::run(args).await,
             Command::Doctor(args) => postern::doctor::run(args).await,
             Command::Bench(args) => postern::bench::run(args).await,
         }

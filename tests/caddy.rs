@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use common::caddy::{self, Caddy};
 use common::*;
-use postern::backend::BANNER;
-use postern::server_tunnel::TunnelReport;
+use postern::server::backend::BANNER;
+use postern::server::tunnel::TunnelReport;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -167,9 +167,9 @@ async fn client_certificate_from_another_ca_is_refused_through_caddy() {
         return;
     }
     let pki = Pki::new();
-    let other = postern::certs::Ca::new("Other CA", postern::certs::KeyAlg::EcdsaP256).unwrap();
+    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
     let stranger = other
-        .issue(&postern::certs::LeafSpec::client(&["spiffe://evil/client"]))
+        .issue(&postern::pki::LeafSpec::client(&["spiffe://evil/client"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let backend = TestBackend::start(Backend::Echo).await;

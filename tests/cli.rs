@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 
 use common::*;
-use postern::backend::BANNER;
+use postern::server::backend::BANNER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -174,9 +174,9 @@ where
 async fn bad_input_gets_one_line_errors_naming_the_culprit() {
     let pki = Pki::new();
     let garbage = pki.dir.write("garbage.pem", "not a certificate\n");
-    let other = postern::certs::Ca::new("Other", postern::certs::KeyAlg::EcdsaP256).unwrap();
+    let other = postern::pki::Ca::new("Other", postern::pki::KeyAlg::EcdsaP256).unwrap();
     let stray = other
-        .issue(&postern::certs::LeafSpec::server(&["localhost"]))
+        .issue(&postern::pki::LeafSpec::server(&["localhost"]))
         .unwrap();
     let stray_key = pki.dir.write("stray-key.pem", &stray.key_pem);
     let missing = pki.p("missing.pem");

@@ -142,9 +142,9 @@ async fn untrusted_front_end_certificate_is_explained() {
 #[tokio::test]
 async fn refused_client_certificate_is_explained() {
     let pki = Pki::new();
-    let other = postern::certs::Ca::new("Other CA", postern::certs::KeyAlg::EcdsaP256).unwrap();
+    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
     let stranger = other
-        .issue(&postern::certs::LeafSpec::client(&["stranger"]))
+        .issue(&postern::pki::LeafSpec::client(&["stranger"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let shutdown = CancellationToken::new();

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use child::Proc;
 use common::*;
-use postern::{front, pem, tls};
+use postern::demo::front;
+use postern::tls::{self, pem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -7,7 +7,7 @@ mod common;
 mod trust;
 
 use common::*;
-use postern::certs::{serial_of, Ca, KeyAlg, LeafSpec, Usage};
+use postern::pki::{serial_of, Ca, KeyAlg, LeafSpec, Usage};
 use time::{Duration, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 use trust::*;
@@ -70,7 +70,7 @@ async fn identity_matrix() {
 
     // Cases presented through hand-built rustls clients (the postern client
     // itself refuses to load expired or not-yet-valid certificates).
-    let raw: Vec<(&str, Option<postern::certs::Issued>, Expect)> = vec![
+    let raw: Vec<(&str, Option<postern::pki::Issued>, Expect)> = vec![
         (
             "valid client",
             Some(issue(&LeafSpec::client(&[CLIENT_ID]))),

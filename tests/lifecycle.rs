@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::caddy::{self, Caddy, Options};
 use common::*;
-use postern::cli::parse_args;
-use postern::server_tunnel::TunnelReport;
+use postern::cmd::parse_args;
+use postern::server::tunnel::TunnelReport;
 use postern::{client, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -111,7 +111,7 @@ async fn metrics_count_tunnels_bytes_refusals_and_failures() {
     assert_refused(nowhere).await;
     let stranger = pki
         .ca
-        .issue(&postern::certs::LeafSpec::client(&[
+        .issue(&postern::pki::LeafSpec::client(&[
             "spiffe://test.postern/stranger",
         ]))
         .unwrap();

@@ -7,8 +7,8 @@ mod common;
 mod trust;
 
 use common::*;
-use postern::certs::LeafSpec;
-use postern::reload::ReloadStatus;
+use postern::pki::LeafSpec;
+use postern::server::reload::ReloadStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -6,9 +6,9 @@ mod common;
 mod trust;
 
 use common::*;
-use postern::certs::LeafSpec;
-use postern::cli::parse_args;
-use postern::proxy_protocol;
+use postern::pki::LeafSpec;
+use postern::cmd::parse_args;
+use postern::server::proxy_protocol;
 use postern::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -11,9 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
-use postern::backend::BANNER;
+use postern::server::backend::BANNER;
 use postern::tls::{self, CertSlot};
-use postern::{front, pem};
+use postern::demo::front;
+use postern::tls::pem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

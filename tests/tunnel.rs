@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use postern::backend::BANNER;
+use postern::server::backend::BANNER;
 use postern::client::Forward;
-use postern::connector::{Connector, Target};
-use postern::pem;
+use postern::client::connector::{Connector, Target};
+use postern::tls::pem;
 use postern::tls;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,7 +135,7 @@ async fn client_without_certificate_is_refused_before_backend() {
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
-        workers: postern::workers::default_count(),
+        workers: postern::transport::workers::default_count(),
     };
     let client = start_forward(forward, &shutdown).await;
     assert_refused(client).await;
@@ -153,9 +153,9 @@ async fn client_without_certificate_is_refused_before_backend() {
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused_before_backend() {
     let pki = Pki::new();
-    let other = postern::certs::Ca::new("Other CA", postern::certs::KeyAlg::EcdsaP256).unwrap();
+    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
     let stranger = other
-        .issue(&postern::certs::LeafSpec::client(&["spiffe://evil/client"]))
+        .issue(&postern::pki::LeafSpec::client(&["spiffe://evil/client"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let backend = TestBackend::start(Backend::Echo).await;

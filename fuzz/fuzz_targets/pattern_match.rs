@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use postern::identity::PeerIdentity;
-use postern::policy::{Allow, Pattern};
+use postern::authz::identity::PeerIdentity;
+use postern::authz::policy::{Allow, Pattern};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

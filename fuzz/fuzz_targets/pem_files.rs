@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use postern::identity::PeerIdentity;
-use postern::pem;
+use postern::authz::identity::PeerIdentity;
+use postern::tls::pem;
 
 fn scratch() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

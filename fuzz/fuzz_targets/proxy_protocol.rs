@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use postern::proxy_protocol::{decode, encode, Header};
+use postern::server::proxy_protocol::{decode, encode, Header};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

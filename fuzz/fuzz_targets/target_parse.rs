@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::connector::Target;
+use postern::client::connector::Target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(url) = std::str::from_utf8(data) {

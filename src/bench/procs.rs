@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use crate::certs::{self, KeyAlg};
+use crate::pki::{self, KeyAlg};
 
 /// Throwaway certificates in a private temporary directory, removed on drop.
 pub struct Pki {
@@ -23,7 +23,7 @@ impl Pki {
         let dir = std::env::temp_dir().join(format!("postern-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pki = Pki { dir };
-        let bundle = certs::bundle(
+        let bundle = pki::bundle(
             &["localhost".into()],
             &["spiffe://postern.bench/client".into()],
             KeyAlg::EcdsaP256,

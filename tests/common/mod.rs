@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern::certs::{self, Ca, Issued, KeyAlg, LeafSpec};
-use postern::cli::parse_args;
-use postern::server_tunnel::TunnelReport;
+use postern::pki::{self, Ca, Issued, KeyAlg, LeafSpec};
+use postern::cmd::parse_args;
+use postern::server::tunnel::TunnelReport;
 use postern::tls::{self, CertSlot};
-use postern::{client, front, pem, server};
+use postern::demo::front;
+use postern::tls::pem;
+use postern::{client, server};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -69,7 +71,7 @@ pub const CLIENT_ID: &str = "spiffe://test.postern/client";
 impl Pki {
     pub fn new() -> Pki {
         let dir = TempDir::new("pki");
-        let bundle = certs::bundle(
+        let bundle = pki::bundle(
             &["localhost".into()],
             &[CLIENT_ID.into()],
             KeyAlg::EcdsaP256,
@@ -141,7 +143,7 @@ impl TestBackend {
                             }
                         }
                         Backend::Banner => {
-                            let _ = sock.write_all(postern::backend::BANNER.as_bytes()).await;
+                            let _ = sock.write_all(postern::server::backend::BANNER.as_bytes()).await;
                             let _ = sock.shutdown().await;
                         }
                     }

@@ -8,14 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern::certs::Issued;
-use postern::cli::parse_args;
+use postern::pki::Issued;
+use postern::cmd::parse_args;
 use postern::client::Forward;
-use postern::connector::{Connector, Target};
+use postern::client::connector::{Connector, Target};
 use postern::server::{self, Config};
-use postern::server_tunnel::TunnelReport;
-use postern::stream::H2Stream;
-use postern::{pem, tls};
+use postern::server::tunnel::TunnelReport;
+use postern::transport::stream::H2Stream;
+use postern::tls::{self, pem};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::AsyncReadExt;
@@ -142,7 +142,7 @@ pub async fn raw_client(
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
-        workers: postern::workers::default_count(),
+        workers: postern::transport::workers::default_count(),
     };
     crate::common::start_forward(forward, shutdown).await
 }

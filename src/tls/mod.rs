@@ -10,6 +10,8 @@
 //! Certificates are served through [`CertSlot`], a resolver whose contents can
 //! be swapped while tunnels are open, so reloads never touch live sessions.
 
+pub mod pem;
+
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -28,9 +30,8 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use tracing::warn;
 
-use crate::identity::PeerIdentity;
-use crate::pem;
-use crate::policy::Allow;
+use crate::authz::identity::PeerIdentity;
+use crate::authz::policy::Allow;
 
 /// ALPN protocol id for HTTP/2 over TLS.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -485,14 +486,14 @@ mod tests {
     async fn handshake_settles_on_aes_128_gcm() {
         let dir = std::env::temp_dir().join(format!("postern-tls-suite-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let set = crate::certs::bundle(&[], &[], Default::default()).unwrap();
+        let set = crate::pki::bundle(&[], &[], Default::default()).unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
             path
         };
         let ca = write("ca.pem", &set.ca.cert_pem());
-        let slot = |issued: &crate::certs::Issued, name: &str| {
+        let slot = |issued: &crate::pki::Issued, name: &str| {
             let cert = write(&format!("{name}.pem"), &issued.cert_pem);
             let key = write(&format!("{name}-key.pem"), &issued.key_pem);
             CertSlot::new(pem::load_identity(&cert, &key).unwrap())

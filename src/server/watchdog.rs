@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::server::metrics::Metrics;
 
 /// When the tunnel last carried a byte, shared by [`Metered`] and [`expiry`].
 #[derive(Debug)]

@@ -6,6 +6,8 @@
 //! client`; finally a TCP client reads the banner through all of it. Server
 //! and client are configured through the same flags a user would type.
 
+pub mod front;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,11 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, Mode, BANNER};
-use crate::certs::{self, KeyAlg, LeafSpec};
-use crate::cli::parse_args;
+use crate::server::backend::{self, Mode, BANNER};
+use crate::pki::{self, KeyAlg, LeafSpec};
+use crate::cmd::parse_args;
 use crate::tls::{self, CertSlot};
-use crate::{client, front, pem, server};
+use crate::tls::pem;
+use crate::{client, server};
 
 /// `postern demo`: run the whole path locally and print what each hop does.
 #[derive(Debug, clap::Args)]
@@ -50,7 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
     println!("postern demo: TCP app -> client -> [mTLS in HTTP/2 POST, over TLS] -> front end -> h2c -> server -> backend");
-    let bundle = certs::bundle(
+    let bundle = pki::bundle(
         &["localhost".into()],
         &[CLIENT_ID.into()],
         KeyAlg::EcdsaP256,
@@ -189,7 +192,7 @@ async fn read_banner(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn write_files(dir: &Path, bundle: &certs::Bundle, front: &certs::Issued) -> anyhow::Result<()> {
+fn write_files(dir: &Path, bundle: &pki::Bundle, front: &pki::Issued) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let files = [
         ("ca.pem", bundle.ca.cert_pem()),

@@ -1,9 +1,17 @@
 //! `postern server`: accepts HTTP/2 connections (h2c behind a front end, or
-//! TLS when self-hosted), turns each tunnel request into an [`H2Stream`](crate::stream::H2Stream),
+//! TLS when self-hosted), turns each tunnel request into an [`H2Stream`](crate::transport::stream::H2Stream),
 //! ends the inner mTLS there and only then dials the backend.
 //!
 //! Connection handling lives here; what happens inside one tunnel request is
-//! in [`crate::server_tunnel`].
+//! in [`crate::server::tunnel`].
+
+pub mod args;
+pub mod backend;
+pub mod metrics;
+pub mod proxy_protocol;
+pub mod reload;
+pub mod tunnel;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,14 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn};
 
-use crate::backend;
-use crate::metrics::Metrics;
-use crate::policy::{Allow, Routes};
-use crate::reload::{InnerFiles, Live, RouteSource, Sources};
-pub use crate::server_args::{parse_duration, Args};
-use crate::server_tunnel::{self, TunnelReport};
-use crate::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
-use crate::workers::Workers;
+use crate::server::metrics::Metrics;
+use crate::authz::policy::{Allow, Routes};
+use crate::server::reload::{InnerFiles, Live, RouteSource, Sources};
+pub use crate::server::args::{parse_duration, Args};
+use crate::server::tunnel::TunnelReport;
+use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::workers::Workers;
 
 /// Everything a running server needs, built once from [`Args`].
 pub struct Config {
@@ -56,7 +63,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Receives one report per finished tunnel (tests and the demo listen here).
     pub reports: Option<mpsc::UnboundedSender<TunnelReport>>,
-    /// Worker threads that serve connections (see [`crate::workers`]).
+    /// Worker threads that serve connections (see [`crate::transport::workers`]).
     pub workers: usize,
 }
 
@@ -105,7 +112,7 @@ impl Config {
         let live = Arc::new(Live::new(sources, metrics.clone())?);
         let metrics_addr = match args.metrics_listen {
             Some(addr) => {
-                Some(crate::metrics::listen(addr, metrics.clone(), shutdown.clone()).await?)
+                Some(crate::server::metrics::listen(addr, metrics.clone(), shutdown.clone()).await?)
             }
             None => None,
         };
@@ -125,7 +132,7 @@ impl Config {
             reports: None,
             workers: args
                 .workers
-                .map_or_else(crate::workers::default_count, usize::from),
+                .map_or_else(crate::transport::workers::default_count, usize::from),
         })
     }
 }
@@ -198,7 +205,7 @@ pub async fn serve(
             .watch(config.watch_interval, shutdown.clone()),
     );
     loop {
-        let Some((sock, peer)) = crate::tunnel::accept(&listener, &shutdown).await else {
+        let Some((sock, peer)) = crate::transport::splice::accept(&listener, &shutdown).await else {
             break;
         };
         let config = config.clone();
@@ -370,7 +377,7 @@ async fn request(
     } else {
         peer
     };
-    let tunnel = server_tunnel::Tunnel {
+    let tunnel = tunnel::Tunnel {
         path,
         source,
         material,

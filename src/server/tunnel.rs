@@ -18,15 +18,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{field, info, info_span, warn, Instrument};
 
-use crate::identity::PeerIdentity;
-use crate::policy::Route;
-use crate::proxy_protocol;
-use crate::reload::Material;
+use crate::authz::identity::PeerIdentity;
+use crate::authz::policy::Route;
+use crate::server::proxy_protocol;
+use crate::server::reload::Material;
 use crate::server::{reply, Config};
-use crate::stream::H2Stream;
+use crate::transport::stream::H2Stream;
 use crate::tls::{self, HandshakeFailure};
-use crate::tunnel::{self, Totals};
-use crate::watchdog::{self, Activity, Expired, Metered};
+use crate::transport::splice::{self, Totals};
+use crate::server::watchdog::{self, Activity, Expired, Metered};
 
 /// Why a tunnel ended, or why it never carried bytes.
 #[derive(Debug, thiserror::Error)]
@@ -316,10 +316,10 @@ impl Tunnel {
         let activity = backend.activity();
         let (idle, lifetime) = (self.config.idle_timeout, self.config.max_lifetime);
         let expired = tokio::select! {
-            (result, totals) = tunnel::splice(backend, stream) => {
+            (result, totals) = splice::splice(backend, stream) => {
                 report.totals = totals;
                 if let Err(e) = result {
-                    tunnel::abort(&backend.inner);
+                    splice::abort(&backend.inner);
                     return Err(TunnelError::Copy(e));
                 }
                 let _ = backend.shutdown().await;
@@ -334,7 +334,7 @@ impl Tunnel {
         };
         // The copy was cut short, so its totals are lost; the metrics still
         // counted every byte.
-        tunnel::abort(&backend.inner);
+        splice::abort(&backend.inner);
         h2(stream).reset(Reason::CANCEL);
         Err(match expired {
             Expired::Idle(d) => TunnelError::Idle(d),

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Serves TLS on `listener` and forwards each stream to `upstream` over h2c.
 pub async fn serve(

@@ -3,7 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{backend, bench, certs, client, demo, doctor, server};
+use crate::server::backend;
+use crate::{bench, client, demo, doctor, pki, server};
 
 /// End-to-end mutual TLS for TCP services behind HTTP/2 front ends such as Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -42,7 +43,7 @@ pub enum Command {
     /// Accept local connections and tunnel them to a server.
     Client(client::Args),
     /// Issue a private CA, a server and a client certificate.
-    Certs(certs::Args),
+    Certs(pki::Args),
     /// Check every step from here to the backend, explaining failures.
     Doctor(doctor::Args),
     /// Run a built-in TCP backend (the original demo's banner server, or echo).

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
-use crate::identity::PeerIdentity;
+use crate::authz::identity::PeerIdentity;
 
 /// One allowed-identity pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::stream::MAX_HEADER_LIST;
+use crate::transport::stream::MAX_HEADER_LIST;
 
 /// `postern server`: the side next to the backend (the Cloud Run container).
 ///

@@ -3,6 +3,9 @@
 //! inner mTLS over it at once (optimistic: the ClientHello follows the
 //! request headers without waiting for the `200`), then copies bytes.
 
+pub mod connector;
+pub mod token;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +20,12 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
-use crate::connector::{Connector, Target};
-use crate::pem;
+use crate::client::connector::{Connector, Target};
+use crate::tls::pem;
 use crate::tls::{self, CertSlot};
-use crate::token::{IdTokens, TokenSource};
-use crate::tunnel::{self, Totals};
-use crate::workers::Workers;
+use crate::client::token::{IdTokens, TokenSource};
+use crate::transport::splice::{self, Totals};
+use crate::transport::workers::Workers;
 
 /// `postern client`: the side next to the application.
 #[derive(Debug, clap::Args)]
@@ -107,7 +110,7 @@ pub struct Forward {
     pub tokens: Option<IdTokens>,
     /// Limit for the inner handshake.
     pub handshake_timeout: Duration,
-    /// Worker threads for [`serve`] (see [`crate::workers`]).
+    /// Worker threads for [`serve`] (see [`crate::transport::workers`]).
     pub workers: usize,
 }
 
@@ -134,7 +137,7 @@ impl Forward {
                 let config = tls::inner_client_config_pinned(
                     slot,
                     pem::load_roots(ca)?,
-                    crate::policy::Allow::new(pin),
+                    crate::authz::policy::Allow::new(pin),
                 )?;
                 let name = args
                     .server_name
@@ -169,7 +172,7 @@ impl Forward {
             handshake_timeout: timeout,
             workers: args
                 .workers
-                .map_or_else(crate::workers::default_count, usize::from),
+                .map_or_else(crate::transport::workers::default_count, usize::from),
         })
     }
 
@@ -267,7 +270,7 @@ pub async fn serve(
         .collect();
     let fill = forward.connector.max_streams();
     loop {
-        let Some((sock, peer)) = tunnel::accept(&listener, &shutdown).await else {
+        let Some((sock, peer)) = splice::accept(&listener, &shutdown).await else {
             return Ok(());
         };
         let index = workers.pick(fill);
@@ -290,7 +293,7 @@ impl Forward {
             Err(e) => {
                 // Whatever failed, the application must see its connection
                 // end; a reset tells it the data may be incomplete.
-                tunnel::abort(&sock);
+                splice::abort(&sock);
                 (Err(e), Totals::default())
             }
         };
@@ -333,7 +336,7 @@ impl Forward {
                     }
                     Err(_) => anyhow::bail!("inner TLS handshake timed out"),
                 };
-                let (result, totals) = tunnel::splice(local, &mut tls).await;
+                let (result, totals) = splice::splice(local, &mut tls).await;
                 if result.is_ok() {
                     tls.get_mut().0.finish().await;
                 }
@@ -341,7 +344,7 @@ impl Forward {
             }
             None => {
                 let mut stream = stream;
-                let (result, totals) = tunnel::splice(local, &mut stream).await;
+                let (result, totals) = splice::splice(local, &mut stream).await;
                 if result.is_ok() {
                     stream.finish().await;
                 }

@@ -1,0 +1,7 @@
+//! The byte path below the TLS layers: an HTTP/2 stream as a byte stream,
+//! the bidirectional copy with its counts, and the worker runtimes that
+//! carry connections.
+
+pub mod splice;
+pub mod stream;
+pub mod workers;
