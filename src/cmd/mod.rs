@@ -1,6 +1,8 @@
 //! Command-line interface: the `postern` command and its subcommands. Each
 //! subcommand's flags live next to its `run`, in its own module.
 
+pub mod duration;
+
 use clap::{Parser, Subcommand};
 
 use crate::server::backend;
