@@ -19,11 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::backend::{self, Mode, BANNER};
-use crate::pki::{self, KeyAlg, LeafSpec};
 use crate::cmd::parse_args;
-use crate::tls::{self, CertSlot};
+use crate::pki::{self, KeyAlg, LeafSpec};
+use crate::server::backend::{self, Mode, BANNER};
 use crate::tls::pem;
+use crate::tls::{self, CertSlot};
 use crate::{client, server};
 
 /// `postern demo`: run the whole path locally and print what each hop does.
@@ -94,7 +94,9 @@ async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
     let mut server_config = server::Config::from_args(&server_args, &shutdown)
         .await
         .context("hop server: configuration")?;
-    server_config.reports = Some(tx);
+    server_config.on_tunnel_end(move |report| {
+        let _ = tx.send(report.clone());
+    });
     let server_listener = bind().await.context("hop server")?;
     let server_addr = server_listener.local_addr()?;
     tokio::spawn(server::serve(

@@ -4,9 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::cmd::duration::parse_duration;
+use crate::cmd::duration::parse_duration;
+use crate::transport::settings::MAX_HEADER_LIST;
 
-use crate::transport::stream::MAX_HEADER_LIST;
+/// `0` (off), or a duration as [`parse_duration`] reads it.
+fn duration_or_off(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
 
 /// `postern server`: the side next to the backend (the Cloud Run container).
 ///
@@ -17,9 +24,12 @@ use crate::transport::stream::MAX_HEADER_LIST;
 /// without touching open tunnels.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on [default: 0.0.0.0:$PORT, PORT defaulting to 8080].
+    /// Address to listen on [default: 0.0.0.0:PORT, see --port].
     #[arg(long, env = "POSTERN_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Port of the default listen address (Cloud Run sets PORT); --listen wins.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
     /// Backend to connect authenticated tunnels to: HOST:PORT, or
     /// `builtin:banner` / `builtin:echo` to run a built-in backend in-process.
     #[arg(long, env = "POSTERN_BACKEND", required_unless_present = "config")]
@@ -78,17 +88,19 @@ pub struct Args {
     /// Private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Seconds between checks of the certificate, key, CA, CRL and config
-    /// files for changes (0 = only reload on SIGHUP).
-    #[arg(long, default_value_t = 2)]
-    pub watch_interval: u64,
-    /// Seconds to let open tunnels finish after SIGTERM (Cloud Run kills 10 s after it).
-    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value_t = 8)]
-    pub drain_timeout: u64,
-    /// Seconds allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
-    /// and for the backend connect.
-    #[arg(long, default_value_t = 10)]
-    pub handshake_timeout: u64,
+    /// How often to check the certificate, key, CA, CRL and config files for
+    /// changes (`500ms`, `2s`, `1m`; a bare number is seconds; 0 = only
+    /// reload on SIGHUP).
+    #[arg(long, default_value = "2s", value_parser = duration_or_off)]
+    pub watch_interval: Duration,
+    /// Time open tunnels get to finish after SIGTERM (Cloud Run kills 10 s
+    /// after it); `500ms`, `8s`, `1m`, a bare number is seconds.
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = duration_or_off)]
+    pub drain_timeout: Duration,
+    /// Time allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
+    /// and for the backend connect; `500ms`, `10s`, `1m`, a bare number is seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     /// Close a tunnel that carried no byte either way for this long
     /// (e.g. `300`, `90s`, `500ms`, `5m`; default: never).
     #[arg(long, value_parser = parse_duration)]
