@@ -128,3 +128,59 @@ pub struct Args {
     #[arg(long, env = "POSTERN_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::parse_args;
+
+    #[test]
+    fn durations_take_units_and_refuse_zero() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn every_duration_flag_takes_units_and_off_is_zero() {
+        let base = ["--backend", "h:1", "--no-inner-tls"];
+        let parse = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse_args::<Args>("server", &argv)
+        };
+        let args = parse(&[
+            "--watch-interval",
+            "500ms",
+            "--drain-timeout",
+            "1m",
+            "--handshake-timeout",
+            "3",
+            "--idle-timeout",
+            "90s",
+            "--max-lifetime",
+            "5m",
+            "--port",
+            "9000",
+        ])
+        .expect("valid flags");
+        assert_eq!(args.watch_interval, Duration::from_millis(500));
+        assert_eq!(args.drain_timeout, Duration::from_secs(60));
+        assert_eq!(args.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(args.idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(args.max_lifetime, Some(Duration::from_secs(300)));
+        assert_eq!(args.port, 9000);
+        let args = parse(&["--watch-interval", "0", "--drain-timeout", "0"]).expect("zero");
+        assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
+        let defaults = parse(&[]).expect("defaults");
+        assert_eq!(defaults.watch_interval, Duration::from_secs(2));
+        assert_eq!(defaults.drain_timeout, Duration::from_secs(8));
+        assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
+        for (flag, bad) in [("--handshake-timeout", "0"), ("--watch-interval", "2h")] {
+            let err = format!("{:#}", parse(&[flag, bad]).expect_err(bad));
+            assert!(err.contains(flag) && err.contains(bad), "{err}");
+        }
+    }
+}
