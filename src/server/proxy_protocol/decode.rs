@@ -63,7 +63,7 @@ pub enum DecodeError {
 /// Decodes a header from the start of `buf`, returning it and the number of
 /// bytes it occupied (tunnel bytes may follow).
 ///
-/// Strict, and the inverse of [`encode`] rather than a general parser: only
+/// Strict, and the inverse of [`encode`](super::encode) rather than a general parser: only
 /// PROXY over TCP4/TCP6, every length must fit its enclosing block, and the two
 /// identity carriers must agree. An SSL TLV is only read for its CN; other TLVs
 /// are returned in `tlvs`. TCP6 addresses, including v4-mapped ones, come back
