@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::authz::identity::PeerIdentity;
+use crate::authz::PeerIdentity;
 use crate::client::{self, Forward};
 use crate::tls;
 use crate::transport::stream::H2Stream;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use common::caddy::{self, Caddy};
 use common::*;
 use postern::server::backend::BANNER;
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::caddy::{self, Caddy, Options};
 use common::*;
 use postern::cmd::parse_args;
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use postern::{client, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -150,8 +150,7 @@ async fn server_on(
     let mut config = server::Config::from_args(&args, shutdown)
         .await
         .expect("server config");
-    let (tx, rx) = mpsc::unbounded_channel();
-    config.reports = Some(tx);
+    let rx = postern::testing::tunnel_reports(&mut config);
     let mut listener = None;
     let bound = poll(|| {
         let ok = std::net::TcpListener::bind(("127.0.0.1", port));

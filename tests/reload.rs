@@ -8,7 +8,7 @@ mod trust;
 
 use common::*;
 use postern::pki::LeafSpec;
-use postern::server::reload::ReloadStatus;
+use postern::server::ReloadStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

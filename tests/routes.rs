@@ -9,7 +9,7 @@ use common::*;
 use postern::cmd::parse_args;
 use postern::pki::LeafSpec;
 use postern::server;
-use postern::server::proxy_protocol;
+use postern::testing::proxy_protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -25,9 +25,8 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::transport::stream::{
-    H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW,
-};
+use crate::transport::settings;
+use crate::transport::stream::{H2Stream, StreamGuard};
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -344,10 +343,7 @@ impl Connector {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, mut conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
+        let (send, mut conn) = settings::client_builder()
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;

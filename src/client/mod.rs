@@ -137,7 +137,7 @@ impl Forward {
                 let config = tls::inner_client_config_pinned(
                     slot,
                     pem::load_roots(ca)?,
-                    crate::authz::policy::Allow::new(pin),
+                    crate::authz::Allow::new(pin),
                 )?;
                 let name = args
                     .server_name

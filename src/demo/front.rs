@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::settings;
 
 /// Serves TLS on `listener` and forwards each stream to `upstream` over h2c.
 pub async fn serve(
@@ -66,10 +66,7 @@ async fn connection(
 ) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
     let tls = acceptor.accept(sock).await.context("TLS handshake")?;
-    let mut down = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+    let mut down = settings::server_builder()
         .handshake::<_, Bytes>(tls)
         .await
         .context("HTTP/2 handshake with the client")?;
@@ -77,10 +74,7 @@ async fn connection(
         .await
         .with_context(|| format!("connecting to upstream {upstream}"))?;
     up_sock.set_nodelay(true)?;
-    let (up, up_conn) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+    let (up, up_conn) = settings::client_builder()
         .handshake::<_, Bytes>(up_sock)
         .await
         .context("h2c handshake with the upstream")?;

@@ -94,7 +94,9 @@ async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
     let mut server_config = server::Config::from_args(&server_args, &shutdown)
         .await
         .context("hop server: configuration")?;
-    server_config.reports = Some(tx);
+    server_config.on_tunnel_end(move |report| {
+        let _ = tx.send(report.clone());
+    });
     let server_listener = bind().await.context("hop server")?;
     let server_addr = server_listener.local_addr()?;
     tokio::spawn(server::serve(

@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, DnsName};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::authz::identity::PeerIdentity;
+use crate::authz::PeerIdentity;
 
 /// A PEM certificate (or chain) plus its PEM private key.
 #[derive(Clone)]

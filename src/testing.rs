@@ -1,0 +1,24 @@
+//! Hooks for Postern's own tests, kept off the production surface: nothing
+//! here is needed to run Postern, and nothing here is a stable API.
+
+use tokio::sync::mpsc;
+
+use crate::server::{Config, TunnelReport};
+
+/// The strict PROXY v2 decoder that checks what the server writes.
+pub mod proxy_protocol {
+    pub use crate::server::proxy_protocol::decode::{decode, DecodeError};
+    pub use crate::server::proxy_protocol::{encode, Header};
+}
+
+/// Sends every finished tunnel's report to the returned receiver.
+///
+/// Unbounded, which suits a test that reads every report; a long-running
+/// server should use [`Config::on_tunnel_end`] instead.
+pub fn tunnel_reports(config: &mut Config) -> mpsc::UnboundedReceiver<TunnelReport> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    config.on_tunnel_end(move |report| {
+        let _ = tx.send(report.clone());
+    });
+    rx
+}
