@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     ) {
         // Every tunnel holds sockets; the default soft limit (often 1024)
         // would cap a process at a few hundred tunnels.
-        postern::bench::raise_fd_limit();
+        postern::transport::accept::raise_fd_limit();
     }
     // The demo, doctor and bench speak through stdout; logs would clutter it.
     let quiet = matches!(

@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use procs::raise_fd_limit;
 pub use report::{Report, Row};
 
 /// `postern bench`: throughput, latency, set-up time, tunnel rate, memory and fairness.
@@ -124,7 +123,7 @@ impl Sizes {
 
 /// Runs the benchmark: progress on stderr, the table on stdout.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let fd_limit = raise_fd_limit();
+    let fd_limit = crate::transport::accept::raise_fd_limit();
     let mut scenarios = args.scenarios.clone();
     if scenarios.is_empty() {
         use clap::ValueEnum as _;

@@ -260,15 +260,3 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{path}: no VmRSS"))
 }
-
-/// Raises this process's open-file limit (children inherit it) so 10k
-/// tunnels fit: the hard limit too when permitted, else soft up to hard.
-pub fn raise_fd_limit() -> u64 {
-    const WANT: u64 = 65_536;
-    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
-        if hard < WANT {
-            let _ = rlimit::Resource::NOFILE.set(WANT, WANT);
-        }
-    }
-    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
-}

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::transport::accept::accept;
 use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Serves TLS on `listener` and forwards each stream to `upstream` over h2c.
@@ -44,11 +45,7 @@ pub async fn serve_private(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let sock = tokio::select! {
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((sock, _)) = accept(&listener, &shutdown).await {
         let (acceptor, tokens) = (acceptor.clone(), tokens.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(sock, acceptor, upstream, tokens).await {

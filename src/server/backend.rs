@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::transport::accept::accept;
+
 /// The five-line banner of the original Cloud Run mTLS demo.
 pub const BANNER: &str = "\
 ================================================================
@@ -53,14 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Serves `mode` on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, mode: Mode, shutdown: CancellationToken) {
-    loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { debug!(error = %e, "backend accept failed"); continue; }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((sock, peer)) = accept(&listener, &shutdown).await {
         tokio::spawn(async move {
             if let Err(e) = handle(sock, mode).await {
                 debug!(%peer, error = %e, "backend connection ended with an error");
