@@ -19,22 +19,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::authz::identity::PeerIdentity;
-use crate::client::{self, Forward};
+use crate::client::Forward;
+use crate::cmd::client::Args as ClientArgs;
+use crate::cmd::doctor::Args;
 use crate::tls;
 use crate::transport::stream::H2Stream;
-
-/// `postern doctor`: check every step from here to the backend.
-#[derive(Debug, clap::Args)]
-#[group(skip)]
-pub struct Args {
-    /// The client flags, exactly as for `postern client` (--url required).
-    #[command(flatten)]
-    pub client: client::Args,
-    /// Also measure throughput by echoing this many MiB through a tunnel.
-    /// Only for a route whose backend echoes (e.g. `--backend builtin:echo`).
-    #[arg(long, value_name = "MIB")]
-    pub throughput: Option<u32>,
-}
 
 /// One step's verdict.
 struct Report {
@@ -450,7 +439,7 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     got
 }
 
-fn config_identity(args: &client::Args) -> Option<String> {
+fn config_identity(args: &ClientArgs) -> Option<String> {
     let cert = crate::tls::pem::load_certs(args.cert.as_deref()?).ok()?;
     PeerIdentity::from_der(cert.first()?)
         .ok()

@@ -44,5 +44,7 @@ pub mod doctor;
 pub mod pki;
 pub mod server;
 pub mod signal;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod transport;

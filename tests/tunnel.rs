@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use postern::server::backend::BANNER;
 use postern::client::Forward;
-use postern::client::connector::{Connector, Target};
+use postern::client::{Connector, Target};
 use postern::tls::pem;
 use postern::tls;
 use rustls_pki_types::ServerName;

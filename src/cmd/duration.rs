@@ -24,3 +24,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// Like [`parse_duration`], but zero is allowed: for intervals where `0`
+/// turns the feature off.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "0s" | "0ms" | "0m" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}

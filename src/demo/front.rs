@@ -32,12 +32,13 @@ pub async fn serve(
     upstream: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    serve_private(listener, tls, upstream, None, shutdown).await
+    serve_with_tokens(listener, tls, upstream, None, shutdown).await
 }
 
-/// Like [`serve`], but like a private Cloud Run service: requests without
-/// `authorization: Bearer <token>` get 401, with a token not in `tokens` 403.
-pub async fn serve_private(
+/// Like [`serve`]; with `tokens`, like a private Cloud Run service: requests
+/// without `authorization: Bearer <token>` get 401, with a token not in
+/// `tokens` 403 (tests reach it as [`crate::testing::serve_private`]).
+pub(crate) async fn serve_with_tokens(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     upstream: SocketAddr,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use postern::pki::Issued;
 use postern::cmd::parse_args;
 use postern::client::Forward;
-use postern::client::connector::{Connector, Target};
+use postern::client::{Connector, Target};
 use postern::server::{self, Config};
 use postern::server::tunnel::TunnelReport;
 use postern::transport::stream::H2Stream;
