@@ -212,3 +212,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::parse_args;
+
+    fn parse(extra: &[&str]) -> anyhow::Result<Args> {
+        let mut argv = vec!["--url", "https://svc.example/", "--no-inner-tls"];
+        argv.extend_from_slice(extra);
+        parse_args("client", &argv)
+    }
+
+    #[test]
+    fn duration_flags_take_units_and_bare_seconds() {
+        let args = parse(&["--connect-timeout", "500ms", "--keepalive", "5m"]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_millis(500));
+        assert_eq!(args.keepalive, Duration::from_secs(300));
+        let args = parse(&["--connect-timeout", "3", "--keepalive", "30"]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_secs(3));
+        assert_eq!(args.keepalive, Duration::from_secs(30));
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_secs(10));
+        assert!(args.keepalive.is_zero(), "keepalive is off by default");
+        assert!(parse(&["--keepalive", "0"]).unwrap().keepalive.is_zero());
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag() {
+        for (flag, value) in [
+            ("--connect-timeout", "0"),
+            ("--connect-timeout", "5h"),
+            ("--keepalive", "x"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+}

@@ -33,3 +33,17 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
         _ => parse_duration(s),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_allow_zero_and_durations_do_not() {
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("20ms"), Ok(Duration::from_millis(20)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_interval("-1").is_err());
+    }
+}

@@ -473,3 +473,43 @@ fn run_writes_refuses_and_forces() {
     let err = run(args(&empty, true, false)).unwrap_err();
     assert!(format!("{err:#}").contains(CA_CERT), "{err:#}");
 }
+
+#[test]
+fn cert_dir_writes_private_files_and_flags_both_sides_accept() {
+    use crate::cmd::parse_args;
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let tmp = TempDir(std::env::temp_dir().join(format!(
+        "postern-certdir-test-{}-{nanos}",
+        std::process::id()
+    )));
+    // A loose file already there must not lend its mode to the new one.
+    fs::create_dir_all(&tmp.0).unwrap();
+    fs::write(tmp.0.join(SERVER_KEY), "old").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.0.join(SERVER_KEY), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let b = bundle(&[], &[], KeyAlg::default()).unwrap();
+    let dir = CertDir::write(&tmp.0, &b).unwrap();
+    assert_eq!(
+        fs::read_to_string(tmp.0.join(SERVER_KEY)).unwrap(),
+        b.server.key_pem
+    );
+    #[cfg(unix)]
+    for name in [CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(tmp.0.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let mut server = vec!["--backend".to_owned(), "127.0.0.1:1".into()];
+    server.extend(dir.server_flags(true));
+    let server: Vec<&str> = server.iter().map(String::as_str).collect();
+    parse_args::<crate::server::Args>("server", &server).unwrap();
+    let mut client = vec!["--url".to_owned(), "https://localhost/".into()];
+    client.extend(dir.client_flags());
+    let client: Vec<&str> = client.iter().map(String::as_str).collect();
+    let args = parse_args::<crate::cmd::client::Args>("client", &client).unwrap();
+    assert_eq!(args.ca, Some(tmp.0.join(CA_CERT)));
+    assert_eq!(args.tls_ca, Some(tmp.0.join(CA_CERT)));
+}
