@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Round-trip time the relay emulates for the RTT scenarios, e.g. `20ms`
-    /// (a bare number is seconds; 0 leaves the RTT scenarios at loopback).
+    /// (a bare number is seconds; 0 leaves the RTT scenarios at loopback)
+    /// [default: 20ms].
     #[arg(long, value_parser = parse_interval, conflicts_with = "rtt_ms")]
     pub rtt: Option<Duration>,
     /// The same in milliseconds, as earlier versions took it.
