@@ -125,7 +125,7 @@ async fn client_with_pool(
     argv.extend(inner_client_flags(pki));
     argv.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let args: client::Args = parse_args("client", &argv).expect("client flags");
+    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
     let forward = Arc::new(client::Forward::from_args(&args, url).expect("client config"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
     let addr = listener.local_addr().expect("addr");
@@ -320,7 +320,7 @@ async fn client_redials_after_caddy_is_killed_or_stopped() {
     // SIGKILL: the pooled connection dies without a GOAWAY. Once the client
     // has noticed, a tunnel opened after the restart must dial afresh.
     caddy.kill().await;
-    let noticed = poll(|| async { forward.connector.connections().await == 0 });
+    let noticed = poll(|| async { postern::testing::connections(&forward.connector).await == 0 });
     assert!(noticed.await, "client kept a dead connection in its pool");
     let caddy = Caddy::start_with(&pki, server, port, &opts).await;
     finish(open_echo(client, 2).await).await;
@@ -375,7 +375,7 @@ async fn server_restart_behind_caddy_keeps_open_tunnels_and_takes_new_ones() {
         .expect("join")
         .expect("serve");
     // GOAWAY went to Caddy, not to the client: its connection lived on.
-    assert_eq!(forward.connector.connections().await, 1);
+    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
     new.cancel();
     shutdown.cancel();
 }
@@ -431,7 +431,7 @@ async fn keepalive_pings_are_answered_through_caddy() {
     // the connection (and this tunnel) after two intervals.
     let pongs = poll(|| async { caddy.log().matches("wrote PING flags=ACK").count() >= 3 });
     assert!(pongs.await, "no PING answered:\n{}", caddy.log());
-    assert_eq!(forward.connector.connections().await, 1);
+    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
     echo(&mut sock, 2).await;
     finish(sock).await;
     shutdown.cancel();

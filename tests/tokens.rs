@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
-use postern::demo::front;
 use postern::server::backend::BANNER;
 use postern::tls::pem;
 use postern::tls::{self, CertSlot};
@@ -62,7 +61,7 @@ async fn private_service(
     let config = tls::outer_server_config(CertSlot::new(key)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(front::serve_private(
+    tokio::spawn(postern::testing::serve_private(
         listener,
         config,
         server,

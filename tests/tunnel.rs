@@ -6,8 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use postern::client::connector::{Connector, Target};
-use postern::client::Forward;
+use postern::client::{Connector, Forward, Target};
 use postern::server::backend::BANNER;
 use postern::tls;
 use postern::tls::pem;

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::transport::accept::accept;
 use crate::transport::settings;
 
 /// Serves TLS on `listener` and forwards each stream to `upstream` over h2c.
@@ -31,12 +32,13 @@ pub async fn serve(
     upstream: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    serve_private(listener, tls, upstream, None, shutdown).await
+    serve_with_tokens(listener, tls, upstream, None, shutdown).await
 }
 
-/// Like [`serve`], but like a private Cloud Run service: requests without
-/// `authorization: Bearer <token>` get 401, with a token not in `tokens` 403.
-pub async fn serve_private(
+/// Like [`serve`]; with `tokens`, like a private Cloud Run service: requests
+/// without `authorization: Bearer <token>` get 401, with a token not in
+/// `tokens` 403 (tests reach it as [`crate::testing::serve_private`]).
+pub(crate) async fn serve_with_tokens(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     upstream: SocketAddr,
@@ -44,11 +46,7 @@ pub async fn serve_private(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let sock = tokio::select! {
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((sock, _)) = accept(&listener, &shutdown).await {
         let (acceptor, tokens) = (acceptor.clone(), tokens.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(sock, acceptor, upstream, tokens).await {

@@ -37,7 +37,7 @@ pub async fn serve(
             .watch(config.watch_interval, shutdown.clone()),
     );
     loop {
-        let Some((sock, peer)) = crate::transport::splice::accept(&listener, &shutdown).await
+        let Some((sock, peer)) = crate::transport::accept::accept(&listener, &shutdown).await
         else {
             break;
         };

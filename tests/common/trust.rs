@@ -8,8 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern::client::connector::{Connector, Target};
-use postern::client::Forward;
+use postern::client::{Connector, Forward, Target};
 use postern::cmd::parse_args;
 use postern::pki::Issued;
 use postern::server::TunnelReport;
