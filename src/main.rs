@@ -1,3 +1,6 @@
+//! The `postern` binary: parse the command line, set up logging and the
+//! runtime, run the subcommand, map its result to an exit code.
+
 use std::process::ExitCode;
 
 use clap::Parser;

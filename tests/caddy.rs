@@ -2,6 +2,8 @@
 //! playing Cloud Run: TCP -> postern client -> TLS + h2 (Caddy) -> h2c ->
 //! postern server -> backend. Skipped, loudly, when `caddy` is not installed.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;

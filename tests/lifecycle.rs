@@ -3,6 +3,8 @@
 //! server behind it restarts, a front end ending a tunnel at its request
 //! timeout, and HTTP/2 keepalive through Caddy.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;

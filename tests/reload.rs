@@ -2,6 +2,8 @@
 //! certificate serves new tunnels while an open one keeps working, and a
 //! garbage file is rejected while the previous certificate keeps serving.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;

@@ -1,6 +1,8 @@
 //! Routes from `--config`: by path and by inner SNI, each with its own
 //! allow-list and backend; PROXY protocol v2 to the backend.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;

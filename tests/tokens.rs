@@ -2,6 +2,8 @@
 //! acting like Cloud Run's IAM check demands. Tokens come from a fake
 //! metadata server or a fake token command, and are cached across tunnels.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;

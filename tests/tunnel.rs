@@ -1,6 +1,8 @@
 //! End-to-end tunnels through the real stack: TCP -> postern client -> TLS
 //! front end -> h2c -> postern server -> backend, on loopback.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! `postern certs`: a private CA, a server and a client certificate with
 //! their keys, written as ready-to-use files (issued by [`crate::pki`]).
 
+// `postern certs` is synchronous: it runs no tunnels.
+#![allow(clippy::disallowed_methods)]
+
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};

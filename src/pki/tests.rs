@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
 use super::*;
 use std::fs;
 use std::path::{Path, PathBuf};

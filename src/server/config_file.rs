@@ -33,6 +33,8 @@ struct RouteFile {
 /// Loads the server's TOML config file; errors name the file.
 ///
 /// See [`parse_config`] for the format.
+// Read at start-up and by the reloader, never on a tunnel's worker.
+#[allow(clippy::disallowed_methods)]
 pub fn load_config(path: &Path) -> anyhow::Result<Routes> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;

@@ -1,5 +1,7 @@
 //! The provider's suite order, and a real inner handshake between our configs.
 
+#![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
+
 use rustls::CommonState;
 use rustls_pki_types::ServerName;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
 use super::cache::*;
 use super::fetch::*;
 use super::metadata::*;
