@@ -5,20 +5,12 @@
 //! peak memory stays bounded, and where the server has a limit the attacking
 //! connection or stream is closed.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-#[path = "common/child.rs"]
-mod child;
-mod common;
-#[path = "common/rawh2.rs"]
-mod rawh2;
-
 use std::future::Future;
 use std::net::SocketAddr;
 
-use child::Proc;
-use common::*;
-use rawh2::*;
+use crate::harness::child::{self, Proc};
+use crate::harness::rawh2::*;
+use crate::harness::*;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 

@@ -1,17 +1,10 @@
 //! Per-tunnel limits (idle timeout, maximum lifetime, header size) and the
 //! Prometheus metrics that count tunnels, bytes, refusals and failures.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-#[path = "common/trust.rs"]
-mod trust;
-
-use common::*;
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use trust::*;
 
 /// Opens a tunnel through `client`, checks one echo, then waits (bounded)
 /// for the server to close it without any further traffic.
@@ -32,7 +25,7 @@ async fn server_with(extra: &[&str], shutdown: &CancellationToken) -> (Pki, Test
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let backend_s = backend.addr.to_string();
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     flags.extend(["--backend".to_owned(), backend_s]);
     flags.extend(extra.iter().map(|s| s.to_string()));
     let server = Server::start(&strs(&flags), shutdown).await;
@@ -113,9 +106,7 @@ async fn metrics_count_tunnels_bytes_refusals_and_failures() {
     assert_refused(nowhere).await;
     let stranger = pki
         .ca
-        .issue(&postern::pki::LeafSpec::client(&[
-            "spiffe://test.postern/stranger",
-        ]))
+        .issue(&pki::LeafSpec::client(&["spiffe://test.postern/stranger"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let flags = client_flags(

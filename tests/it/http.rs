@@ -2,14 +2,10 @@
 //! checks, refusals of non-tunnel requests (with no backend connection), and
 //! CONNECT tunnels.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::net::SocketAddr;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

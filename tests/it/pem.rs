@@ -2,15 +2,9 @@
 //! SEC1 and PKCS#1 keys, chains, and a tunnel that runs on them; plus the
 //! start-up checks that name a bad file.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::process::Command;
 
-use common::*;
-use postern::pki::{KeyAlg, LeafSpec};
-use postern::tls::pem::{self, PemError};
+use crate::harness::*;
 
 fn openssl(dir: &TempDir, args: &[&str]) {
     let out = Command::new("openssl")
@@ -194,7 +188,7 @@ async fn openssl_made_keys_and_certificates_carry_a_tunnel() {
             .unwrap_or_else(|e| panic!("{cert}: {e}"));
     }
     let (got, report) = banner_with_files(&dir.0).await;
-    assert_eq!(got, postern::server::backend::BANNER.as_bytes());
+    assert_eq!(got, server::backend::BANNER.as_bytes());
     assert_eq!(
         report.identity.unwrap().uris,
         vec!["spiffe://openssl.test/client".to_string()]
@@ -203,7 +197,7 @@ async fn openssl_made_keys_and_certificates_carry_a_tunnel() {
 
 #[test]
 fn a_chain_file_loads_leaf_first() {
-    let root = postern::pki::Ca::new("Root", KeyAlg::EcdsaP256).unwrap();
+    let root = pki::Ca::new("Root", KeyAlg::EcdsaP256).unwrap();
     let mid = root.intermediate("Intermediate").unwrap();
     let leaf = mid.issue(&LeafSpec::server(&["localhost"])).unwrap();
     let dir = TempDir::new("chain");
@@ -216,7 +210,7 @@ fn a_chain_file_loads_leaf_first() {
 #[test]
 fn bad_files_are_named_with_what_is_wrong() {
     let pki = Pki::new();
-    let ca = postern::pki::Ca::new("CA", KeyAlg::EcdsaP256).unwrap();
+    let ca = pki::Ca::new("CA", KeyAlg::EcdsaP256).unwrap();
     let mut expired = LeafSpec::server(&["localhost"]);
     expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
     expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);

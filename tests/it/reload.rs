@@ -2,19 +2,10 @@
 //! certificate serves new tunnels while an open one keeps working, and a
 //! garbage file is rejected while the previous certificate keeps serving.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-#[path = "common/trust.rs"]
-mod trust;
-
-use common::*;
-use postern::pki::LeafSpec;
-use postern::server::ReloadStatus;
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use trust::*;
 
 /// Waits (bounded) until the reload status satisfies `done`.
 async fn wait_for(rx: &mut watch::Receiver<ReloadStatus>, done: impl Fn(&ReloadStatus) -> bool) {
@@ -47,7 +38,7 @@ async fn file_change_rotates_the_certificate_without_dropping_tunnels() {
     let shutdown = CancellationToken::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let backend_s = backend.addr.to_string();
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     flags.extend(["--backend", &backend_s, "--watch-interval", "1"].map(String::from));
     let server = Server::start(&strs(&flags), &shutdown).await;
     let url = server.url("/");
@@ -112,7 +103,7 @@ async fn sighup_style_request_reloads_ca_and_allow_list_files() {
         format!("[[route]]\npath = \"/\"\nbackend = \"{backend_s}\"\nallow = [\"{allow}\"]\n")
     };
     let file = pki.dir.write("routes.toml", &routes(CLIENT_ID));
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     // Polling off: only an explicit request (what SIGHUP sends) reloads.
     flags.extend(["--config", &file, "--watch-interval", "0"].map(String::from));
     let mut server = Server::start(&strs(&flags), &shutdown).await;

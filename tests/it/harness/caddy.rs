@@ -7,8 +7,6 @@
 //! it is killed when the handle is dropped. Tests call [`installed`] first
 //! and skip (loudly) when the `caddy` binary is missing.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

@@ -2,9 +2,18 @@
 //! and the whole client -> (front end) -> server -> backend stack on
 //! ephemeral loopback ports, configured through the real flag parser.
 
-#![allow(dead_code)]
-
+pub mod api;
 pub mod caddy;
+pub mod child;
+pub mod hooks;
+pub mod rawh2;
+mod stack;
+mod trust;
+
+pub use api::*;
+pub use hooks::*;
+pub use stack::*;
+pub use trust::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,17 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern::cmd::parse_args;
-use postern::demo::front;
-use postern::pki::{self, Ca, Issued, KeyAlg, LeafSpec};
-use postern::server::TunnelReport;
-use postern::tls::pem;
-use postern::tls::{self, CertSlot};
-use postern::{client, server};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound for any single test step: only there to turn a hang into a failure.
@@ -143,9 +144,7 @@ impl TestBackend {
                             }
                         }
                         Backend::Banner => {
-                            let _ = sock
-                                .write_all(postern::server::backend::BANNER.as_bytes())
-                                .await;
+                            let _ = sock.write_all(BANNER.as_bytes()).await;
                             let _ = sock.shutdown().await;
                         }
                     }
@@ -164,149 +163,6 @@ impl TestBackend {
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
-}
-
-/// A running server (and optionally front end) plus a client pointed at it.
-pub struct Stack {
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub front: Option<SocketAddr>,
-    pub reports: mpsc::UnboundedReceiver<TunnelReport>,
-    pub shutdown: CancellationToken,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// Starts `postern server` with `server_flags` (plus --backend) on loopback.
-pub async fn start_server(
-    backend: SocketAddr,
-    server_flags: &[&str],
-    shutdown: &CancellationToken,
-) -> (SocketAddr, mpsc::UnboundedReceiver<TunnelReport>) {
-    let backend = backend.to_string();
-    let mut argv = vec!["--backend", backend.as_str()];
-    argv.extend_from_slice(server_flags);
-    let args: server::Args = parse_args("server", &argv).expect("server flags");
-    let mut config = server::Config::from_args(&args, shutdown)
-        .await
-        .expect("server config");
-    let rx = postern::testing::tunnel_reports(&mut config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(listener, Arc::new(config), shutdown.clone()));
-    (addr, rx)
-}
-
-/// Starts the TLS-terminating front end in front of `upstream`.
-pub async fn start_front(
-    pki: &Pki,
-    upstream: SocketAddr,
-    shutdown: &CancellationToken,
-) -> SocketAddr {
-    let key = pem::load_identity(&pki.dir.path("front.pem"), &pki.dir.path("front-key.pem"))
-        .expect("front key");
-    let config = tls::outer_server_config(CertSlot::new(key)).expect("front tls");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(front::serve(listener, config, upstream, shutdown.clone()));
-    addr
-}
-
-/// Starts `postern client` for `url` with `client_flags`.
-pub async fn start_client(
-    url: &str,
-    client_flags: &[&str],
-    shutdown: &CancellationToken,
-) -> SocketAddr {
-    let mut argv = vec!["--url", url, "--listen", "127.0.0.1:0"];
-    argv.extend_from_slice(client_flags);
-    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
-    let forward = client::Forward::from_args(&args, url).expect("client config");
-    start_forward(forward, shutdown).await
-}
-
-/// Serves an already-built forward on a loopback port.
-pub async fn start_forward(forward: client::Forward, shutdown: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(client::serve(listener, Arc::new(forward), shutdown.clone()));
-    addr
-}
-
-impl Stack {
-    /// The full path with inner mTLS: client -> front end (TLS) -> h2c server -> backend.
-    pub async fn via_front(pki: &Pki, backend: SocketAddr) -> Stack {
-        Self::build(pki, backend, true, &[]).await
-    }
-
-    /// Client straight to the server over h2c (no front end).
-    pub async fn direct(pki: &Pki, backend: SocketAddr) -> Stack {
-        Self::build(pki, backend, false, &[]).await
-    }
-
-    /// Like `via_front`, with extra client flags (which may override the defaults).
-    pub async fn build(
-        pki: &Pki,
-        backend: SocketAddr,
-        via_front: bool,
-        extra_client: &[&str],
-    ) -> Stack {
-        let shutdown = CancellationToken::new();
-        let (server, reports) = start_server(
-            backend,
-            &[
-                "--cert",
-                &pki.p("server.pem"),
-                "--key",
-                &pki.p("server-key.pem"),
-                "--client-ca",
-                &pki.p("ca.pem"),
-            ],
-            &shutdown,
-        )
-        .await;
-        let (front, url) = if via_front {
-            let f = start_front(pki, server, &shutdown).await;
-            (Some(f), format!("https://localhost:{}/", f.port()))
-        } else {
-            (None, format!("http://127.0.0.1:{}/", server.port()))
-        };
-        let defaults = [
-            ("--cert", pki.p("client.pem")),
-            ("--key", pki.p("client-key.pem")),
-            ("--ca", pki.p("ca.pem")),
-            ("--tls-ca", pki.p("ca.pem")),
-            ("--server-name", "localhost".to_owned()),
-        ];
-        // A flag given in `extra_client` replaces the default one.
-        let mut flags: Vec<String> = defaults
-            .into_iter()
-            .filter(|(flag, _)| !extra_client.contains(flag))
-            .flat_map(|(flag, value)| [flag.to_owned(), value])
-            .collect();
-        flags.extend(extra_client.iter().map(|s| s.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let client = start_client(&url, &flags, &shutdown).await;
-        Stack {
-            client,
-            server,
-            front,
-            reports,
-            shutdown,
-        }
-    }
-
-    /// The next finished-tunnel report from the server.
-    pub async fn report(&mut self) -> TunnelReport {
-        tokio::time::timeout(LIMIT, self.reports.recv())
-            .await
-            .expect("timed out waiting for a tunnel report")
-            .expect("server stopped")
-    }
 }
 
 /// Runs one banner tunnel (h2c, inner mTLS) with the certificate set in
@@ -342,10 +198,7 @@ pub async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
     ];
     let client = start_client(&url, &client_flags, &shutdown).await;
     let got = read_all(client).await.expect("read through the tunnel");
-    let report = tokio::time::timeout(LIMIT, reports.recv())
-        .await
-        .expect("timed out waiting for a tunnel report")
-        .expect("server stopped");
+    let report = next_report(&mut reports).await;
     shutdown.cancel();
     (got, report)
 }
@@ -388,14 +241,31 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Opens `n` concurrent tunnels to `addr`, tunnel `i` echoing
+/// `size_of(i)` random bytes seeded with `seed + i`, and asserts that each
+/// comes back intact (by SHA-256). Returns how many completed.
+pub async fn echo_many(addr: SocketAddr, n: u64, seed: u64, size_of: fn(u64) -> usize) -> u64 {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(async move {
+            let data = random_bytes(size_of(i), seed + i);
+            let back = round_trip(addr, &data).await.expect("echo");
+            (sha256(&back), sha256(&data))
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (got, want) = r.expect("task");
+        assert_eq!(got, want);
+        done += 1;
+    }
+    done
+}
+
 pub fn sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn path_str(p: &Path) -> String {
-    p.display().to_string()
 }

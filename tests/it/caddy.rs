@@ -2,79 +2,21 @@
 //! playing Cloud Run: TCP -> postern client -> TLS + h2 (Caddy) -> h2c ->
 //! postern server -> backend. Skipped, loudly, when `caddy` is not installed.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::net::SocketAddr;
 
-use common::caddy::{self, Caddy};
-use common::*;
-use postern::server::backend::BANNER;
-use postern::server::TunnelReport;
-use tokio::sync::mpsc;
+use crate::harness::caddy::{self, Caddy};
+use crate::harness::*;
 use tokio_util::sync::CancellationToken;
 
 /// Server, Caddy in front of it, and a client pointed at Caddy.
-struct ViaCaddy {
-    client: SocketAddr,
-    caddy: Caddy,
-    reports: mpsc::UnboundedReceiver<TunnelReport>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for ViaCaddy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl ViaCaddy {
-    /// The inner-mTLS stack; `client_cert` names the PKI pair the client presents.
-    async fn start(pki: &Pki, backend: SocketAddr, client_cert: &str) -> ViaCaddy {
-        let shutdown = CancellationToken::new();
-        let (server, reports) = start_server(
-            backend,
-            &[
-                "--cert",
-                &pki.p("server.pem"),
-                "--key",
-                &pki.p("server-key.pem"),
-                "--client-ca",
-                &pki.p("ca.pem"),
-            ],
-            &shutdown,
-        )
-        .await;
-        let caddy = Caddy::start(pki, server).await;
-        let client = start_client(
-            &caddy.url(),
-            &[
-                "--cert",
-                &pki.p(&format!("{client_cert}.pem")),
-                "--key",
-                &pki.p(&format!("{client_cert}-key.pem")),
-                "--ca",
-                &pki.p("ca.pem"),
-                "--tls-ca",
-                &pki.p("ca.pem"),
-            ],
-            &shutdown,
-        )
-        .await;
-        ViaCaddy {
-            client,
-            caddy,
-            reports,
-            shutdown,
-        }
-    }
-
-    async fn report(&mut self) -> TunnelReport {
-        let r = tokio::time::timeout(LIMIT, self.reports.recv()).await;
-        r.expect("timed out waiting for a tunnel report")
-            .expect("server stopped")
-    }
+/// The inner-mTLS stack through Caddy; `client_cert` names the PKI pair the
+/// client presents.
+async fn via_caddy(pki: &Pki, backend: SocketAddr, client_cert: &str) -> Stack {
+    let (cert, key) = (
+        pki.p(&format!("{client_cert}.pem")),
+        pki.p(&format!("{client_cert}-key.pem")),
+    );
+    Stack::via_caddy(pki, backend, &["--cert", &cert, "--key", &key]).await
 }
 
 #[tokio::test]
@@ -84,19 +26,24 @@ async fn banner_through_caddy() {
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Banner).await;
-    let mut stack = ViaCaddy::start(&pki, backend.addr, "client").await;
+    let mut stack = via_caddy(&pki, backend.addr, "client").await;
     let got = read_all(stack.client).await.expect("read banner");
     assert_eq!(
         String::from_utf8_lossy(&got),
         BANNER,
         "{}",
-        stack.caddy.log()
+        stack.caddy.as_ref().expect("caddy").log()
     );
     let report = stack.report().await;
     // The backend closes first. Caddy (Go's reverse proxy) ends the whole
     // exchange when the response ends, so the server must hold its
     // END_STREAM until the client has finished: the tunnel closes cleanly.
-    assert_eq!(report.outcome, Ok(()), "{}", stack.caddy.log());
+    assert_eq!(
+        report.outcome,
+        Ok(()),
+        "{}",
+        stack.caddy.as_ref().expect("caddy").log()
+    );
     assert_eq!(report.totals.inbound, BANNER.len() as u64);
     let id = report.identity.expect("server saw a client identity");
     assert_eq!(id.uris, vec![CLIENT_ID.to_string()]);
@@ -110,7 +57,7 @@ async fn large_random_payload_echoes_intact_through_caddy() {
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let mut stack = ViaCaddy::start(&pki, backend.addr, "client").await;
+    let mut stack = via_caddy(&pki, backend.addr, "client").await;
     let data = random_bytes(64 << 20, 31);
     let back = round_trip(stack.client, &data).await.expect("echo");
     assert_eq!(back.len(), data.len());
@@ -128,7 +75,7 @@ async fn half_close_crosses_caddy_while_the_reply_flows() {
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::HashAfterEof).await;
-    let stack = ViaCaddy::start(&pki, backend.addr, "client").await;
+    let stack = via_caddy(&pki, backend.addr, "client").await;
     let data = random_bytes(300_000, 32);
     // The backend answers only after EOF: the digest can only come back if
     // Caddy passed the request's END_STREAM on and kept the response open.
@@ -143,22 +90,11 @@ async fn fifty_concurrent_tunnels_through_caddy_keep_their_own_data() {
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let stack = ViaCaddy::start(&pki, backend.addr, "client").await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..50u64 {
-        let addr = stack.client;
-        tasks.spawn(async move {
-            let data = random_bytes(5_000 + (i as usize * 7919) % 150_000, 500 + i);
-            let back = round_trip(addr, &data).await.expect("echo");
-            (sha256(&back), sha256(&data))
-        });
-    }
-    let mut done = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (got, want) = r.expect("task");
-        assert_eq!(got, want);
-        done += 1;
-    }
+    let stack = via_caddy(&pki, backend.addr, "client").await;
+    let done = echo_many(stack.client, 50, 500, |i| {
+        5_000 + (i as usize * 7919) % 150_000
+    })
+    .await;
     assert_eq!(done, 50);
     assert_eq!(backend.accepts(), 50);
 }
@@ -169,13 +105,13 @@ async fn client_certificate_from_another_ca_is_refused_through_caddy() {
         return;
     }
     let pki = Pki::new();
-    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
+    let other = pki::Ca::new("Other CA", pki::KeyAlg::EcdsaP256).unwrap();
     let stranger = other
-        .issue(&postern::pki::LeafSpec::client(&["spiffe://evil/client"]))
+        .issue(&pki::LeafSpec::client(&["spiffe://evil/client"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let backend = TestBackend::start(Backend::Echo).await;
-    let mut stack = ViaCaddy::start(&pki, backend.addr, "stranger").await;
+    let mut stack = via_caddy(&pki, backend.addr, "stranger").await;
     match round_trip(stack.client, b"must not reach the backend").await {
         Ok(bytes) => assert!(bytes.is_empty(), "refused tunnel returned data: {bytes:?}"),
         Err(e) => assert!(
@@ -199,8 +135,11 @@ async fn healthz_answers_curl_over_http2_through_caddy() {
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let stack = ViaCaddy::start(&pki, backend.addr, "client").await;
-    let url = format!("https://localhost:{}/healthz", stack.caddy.port);
+    let stack = via_caddy(&pki, backend.addr, "client").await;
+    let url = format!(
+        "https://localhost:{}/healthz",
+        stack.caddy.as_ref().expect("caddy").port
+    );
     let out = tokio::process::Command::new("curl")
         .args(["--http2", "--silent", "--show-error", "--cacert"])
         .arg(pki.p("ca.pem"))

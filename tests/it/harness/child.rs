@@ -2,14 +2,14 @@
 //! or measure it in isolation: its memory (VmRSS/VmHWM) and open file
 //! descriptors come from /proc/PID, untouched by the test's own allocations.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+
+use super::{server_flags, strs, Pki};
 
 /// A running `postern` subcommand; killed on drop.
 pub struct Proc {
@@ -18,6 +18,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     /// The last log lines (JSON), for failure messages.
     pub log: Arc<Mutex<VecDeque<String>>>,
+    /// The thread draining stderr; it ends when the process does.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 const KEEP_LINES: usize = 2000;
@@ -44,7 +46,7 @@ impl Proc {
         let field = addr_field.to_owned();
         // Keep draining stderr for the child's whole life: a full pipe would
         // block its logging and so the server itself.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -74,7 +76,12 @@ impl Proc {
                 );
             }
         };
-        Proc { child, addr, log }
+        Proc {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -85,6 +92,41 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM: the graceful stop.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself and returns its status and
+    /// whole kept log; the limit only turns a hang into a failure.
+    pub async fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait postern") {
+                break status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("postern did not exit:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The pipe is closed now: let the reader keep the last lines.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log_text())
+    }
+
+    /// Every kept log line, as one text.
+    pub fn log_text(&self) -> String {
+        let lines: Vec<String> = self.log.lock().unwrap().iter().cloned().collect();
+        lines.join("\n")
     }
 
     /// `VmRSS` in KiB.
@@ -133,52 +175,21 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 /// Starts `postern server` on an ephemeral loopback port with inner mTLS on.
-pub fn server(pki: &crate::common::Pki, backend: SocketAddr, extra: &[&str]) -> Proc {
+pub fn server(pki: &Pki, backend: SocketAddr, extra: &[&str]) -> Proc {
     server_on(pki, backend, "127.0.0.1:0", extra)
 }
 
 /// Like [`server`], on a given listen address (to restart on the same port).
-pub fn server_on(
-    pki: &crate::common::Pki,
-    backend: SocketAddr,
-    listen: &str,
-    extra: &[&str],
-) -> Proc {
+pub fn server_on(pki: &Pki, backend: SocketAddr, listen: &str, extra: &[&str]) -> Proc {
     let backend = backend.to_string();
-    let (cert, key, ca) = (
-        pki.p("server.pem"),
-        pki.p("server-key.pem"),
-        pki.p("ca.pem"),
-    );
-    let mut args = vec![
-        "--listen",
-        listen,
-        "--backend",
-        &backend,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--client-ca",
-        &ca,
-    ];
+    let flags = server_flags(pki);
+    let mut args = vec!["--listen", listen, "--backend", &backend];
+    args.extend(strs(&flags));
     args.extend_from_slice(extra);
     Proc::start("server", &args, "addr")
 }
 
 /// Client flags for the test PKI (h2c straight to a server).
-pub fn client_flags(pki: &crate::common::Pki) -> Vec<String> {
-    [
-        "--cert",
-        &pki.p("client.pem"),
-        "--key",
-        &pki.p("client-key.pem"),
-        "--ca",
-        &pki.p("ca.pem"),
-        "--server-name",
-        "localhost",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+pub fn client_flags(pki: &Pki) -> Vec<String> {
+    super::client_flags(pki, &[])
 }

@@ -3,21 +3,12 @@
 //! restarts. Nothing may hang, errors must be clean, and after many
 //! open/close cycles the server's descriptors and memory return to baseline.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-#[path = "common/child.rs"]
-mod child;
-mod common;
-#[path = "common/rawh2.rs"]
-mod rawh2;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use child::Proc;
-use common::*;
-use postern::demo::front;
-use postern::tls::{self, pem};
+use crate::harness::child::{self, Proc};
+use crate::harness::rawh2;
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -41,6 +32,46 @@ async fn until_closed(sock: &mut TcpStream, what: &str) -> std::io::Result<usize
     .unwrap_or_else(|_| panic!("{what}: connection left hanging"))
 }
 
+/// Reads until the connection ends; returns every byte read and how it
+/// ended (`Ok` on EOF, the error on reset). Panics if it stays open for `LIMIT`.
+async fn read_until_closed<R: AsyncReadExt + Unpin>(
+    sock: &mut R,
+    what: &str,
+) -> (Vec<u8>, std::io::Result<()>) {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = tokio::time::timeout(LIMIT, async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: connection left hanging"));
+    (all, end)
+}
+
+/// The send and receive queue lengths of the established connection whose
+/// local port is `port` (the accepted side), from /proc/net/tcp.
+fn tcp_queues(port: u16) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if local != port || *f.get(3)? != "01" {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
 /// Writes `data` and reads the same number of echoed bytes back.
 async fn echo_exchange(sock: &mut TcpStream, data: &[u8]) {
     sock.write_all(data).await.expect("write");
@@ -50,30 +81,6 @@ async fn echo_exchange(sock: &mut TcpStream, data: &[u8]) {
         .expect("echo timed out")
         .expect("echo");
     assert_eq!(back, data);
-}
-
-fn server_flags(pki: &Pki) -> Vec<String> {
-    [
-        "--cert",
-        "server.pem",
-        "--key",
-        "server-key.pem",
-        "--client-ca",
-        "ca.pem",
-    ]
-    .iter()
-    .map(|s| {
-        if s.ends_with(".pem") {
-            pki.p(s)
-        } else {
-            s.to_string()
-        }
-    })
-    .collect()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 #[tokio::test]
@@ -133,12 +140,16 @@ async fn backend_reset_mid_stream_resets_the_client() {
     drop(backend);
     let end = until_closed(&mut local, "client after a backend reset").await;
     eprintln!("backend reset: local connection ended with {end:?}");
-    let reason = stack
-        .report()
-        .await
-        .outcome
-        .expect_err("a reset is no clean close");
+    let err = end.expect_err("the backend's reset must reach the client as a reset, not a close");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "client connection ended with {err}, not a reset"
+    );
+    let report = stack.report().await;
+    let reason = report.outcome.expect_err("a reset is no clean close");
     eprintln!("backend reset: server reported {reason:?}");
+    assert_eq!(report.close, "reset", "server reported {reason}");
 }
 
 #[tokio::test]
@@ -149,41 +160,104 @@ async fn hanging_backend_is_released_when_the_client_aborts() {
     let mut local = TcpStream::connect(stack.client).await.unwrap();
     // More than fits in the backend's socket buffers once it stops reading.
     let data = random_bytes(1 << 20, 4);
+    let sent = data.clone();
     let writer = tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(2), local.write_all(&data)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), local.write_all(&sent)).await;
         local
     });
     let mut backend = conns.recv().await.unwrap();
     let local = writer.await.unwrap();
+    // The backend sees the data: it waits, unread, in its socket.
+    let port = addr.port();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !matches!(tcp_queues(port), Some((_, rx)) if rx > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     local.set_zero_linger().unwrap();
     drop(local);
     let reason = stack.report().await.outcome.expect_err("aborted tunnel");
     eprintln!("hanging backend: server reported {reason:?}");
-    // The backend, never having read, now sees the data and then the end.
-    let end = until_closed(&mut backend, "backend after the client aborted").await;
-    eprintln!("hanging backend: backend connection ended with {end:?}");
+    // The client's abort reaches the backend as a reset, which (on Linux)
+    // also discards what it had not read; whatever it does read is the
+    // start of what the app sent.
+    let (seen, end) = read_until_closed(&mut backend, "backend after the client aborted").await;
+    eprintln!(
+        "hanging backend: backend read {} bytes, then its connection ended with {end:?}",
+        seen.len()
+    );
+    assert!(
+        data.starts_with(&seen),
+        "the backend read {} bytes that are not the start of what the app sent",
+        seen.len()
+    );
+    let err = end.expect_err("the client's abort must reach the backend as a reset");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "backend connection ended with {err}, not a reset"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_mid_transfer_closes_the_client() {
+    backend_killed(Front::Ours).await;
+}
+
+async fn backend_killed(front: Front) {
     let pki = Pki::new();
     let mut backend = Proc::start(
         "backend",
         &["--listen", "127.0.0.1:0", "--mode", "echo"],
         "addr",
     );
-    let mut stack = Stack::via_front(&pki, backend.addr).await;
+    let mut stack = Stack::build(&pki, backend.addr, front, &[]).await;
     let mut local = TcpStream::connect(stack.client).await.unwrap();
     echo_exchange(&mut local, &random_bytes(64 * 1024, 5)).await;
-    local.write_all(&random_bytes(256 * 1024, 6)).await.unwrap();
+    // Mid-transfer: the app keeps sending and reads nothing, so the echo
+    // backend stalls on its writes with unread data queued. Killed then, its
+    // kernel answers with a reset (a backend killed with nothing unread
+    // closes with FIN, which is a half-close, not a failure).
+    // The writes stop (the future is dropped, the socket kept) once it has
+    // stalled: a write failing after the kill would consume the socket's
+    // error, and the read below would then see a plain EOF.
+    let (mut rd, mut wr) = local.into_split();
+    let flood = random_bytes(64 << 20, 6);
+    let port = backend.addr.port();
+    let stalled = async {
+        while !matches!(tcp_queues(port), Some((tx, rx)) if tx > 0 && rx > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = wr.write_all(&flood) => panic!("64 MiB went through a path that never reads: {r:?}"),
+        r = tokio::time::timeout(LIMIT, stalled) => r.unwrap_or_else(|_| panic!(
+            "the backend never stalled with data queued both ways: {:?}",
+            tcp_queues(port)
+        )),
+    }
     backend.kill();
-    let end = until_closed(&mut local, "client after the backend died").await;
+    let (_, end) = read_until_closed(&mut rd, "client after the backend died").await;
     eprintln!("backend killed: local connection ended with {end:?}");
-    // A dead backend whose socket closed with FIN (nothing unread) looks
-    // like a half-close: the tunnel ends once the app closes its side too.
-    drop(local);
     let report = stack.report().await;
-    eprintln!("backend killed: server reported {:?}", report.outcome);
+    drop(wr);
+    eprintln!(
+        "backend killed: server reported {} {:?}",
+        report.close, report.outcome
+    );
+    let err = end.expect_err("a dead backend must reach the client as a reset");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "client connection ended with {err}, not a reset"
+    );
+    let reason = report
+        .outcome
+        .expect_err("a killed backend is no clean close");
+    assert_eq!(report.close, "reset", "server reported {reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,18 +351,11 @@ async fn front_end_restart_on_the_same_port() {
     let shutdown = CancellationToken::new();
     let (server, _reports) =
         start_server(backend.addr, &strs(&server_flags(&pki)), &shutdown).await;
-    let key =
-        pem::load_identity(&pki.dir.path("front.pem"), &pki.dir.path("front-key.pem")).unwrap();
-    let config = tls::outer_server_config(tls::CertSlot::new(key)).unwrap();
+    let config = front_tls(&pki);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = listener.local_addr().unwrap();
     let first = CancellationToken::new();
-    let running = tokio::spawn(front::serve(
-        listener,
-        config.clone(),
-        server,
-        first.clone(),
-    ));
+    let running = hooks::serve_front(listener, config.clone(), server, None, first.clone());
     let url = format!("https://localhost:{}/", front_addr.port());
     let mut cflags = child::client_flags(&pki);
     cflags.extend(["--tls-ca".to_string(), pki.p("ca.pem")]);
@@ -303,7 +370,7 @@ async fn front_end_restart_on_the_same_port() {
         .await
         .expect("rebind front end port");
     let second = CancellationToken::new();
-    tokio::spawn(front::serve(listener, config, server, second.clone()));
+    hooks::serve_front(listener, config, server, None, second.clone());
     for i in 0..20u8 {
         let data = random_bytes(50_000, u64::from(i));
         assert_eq!(round_trip(client, &data).await.unwrap(), data);

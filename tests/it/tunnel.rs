@@ -1,17 +1,9 @@
 //! End-to-end tunnels through the real stack: TCP -> postern client -> TLS
 //! front end -> h2c -> postern server -> backend, on loopback.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
-use postern::client::{Connector, Forward, Target};
-use postern::server::backend::BANNER;
-use postern::tls;
-use postern::tls::pem;
+use crate::harness::*;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,21 +54,10 @@ async fn hundred_concurrent_tunnels_keep_their_own_data() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let stack = Stack::via_front(&pki, backend.addr).await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..100u64 {
-        let addr = stack.client;
-        tasks.spawn(async move {
-            let data = random_bytes(10_000 + (i as usize * 7919) % 200_000, 100 + i);
-            let back = round_trip(addr, &data).await.expect("echo");
-            (sha256(&back), sha256(&data))
-        });
-    }
-    let mut done = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (got, want) = r.expect("task");
-        assert_eq!(got, want);
-        done += 1;
-    }
+    let done = echo_many(stack.client, 100, 100, |i| {
+        10_000 + (i as usize * 7919) % 200_000
+    })
+    .await;
     assert_eq!(done, 100);
     assert_eq!(backend.accepts(), 100);
 }
@@ -130,14 +111,14 @@ async fn client_without_certificate_is_refused_before_backend() {
         .with_root_certificates(pem::load_roots(&pki.dir.path("ca.pem")).unwrap())
         .with_no_client_auth();
     let target = Target::parse(&format!("http://127.0.0.1:{}/", server.port())).unwrap();
-    let forward = Forward {
+    let forward = Arc::new(Forward {
         connector: Arc::new(Connector::new(target, None, 100, None, LIMIT)),
         inner: Some((Arc::new(config), ServerName::try_from("localhost").unwrap())),
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
-        workers: postern::transport::workers::default_count(),
-    };
+        workers: workers::default_count(),
+    });
     let client = start_forward(forward, &shutdown).await;
     assert_refused(client).await;
     let report = tokio::time::timeout(LIMIT, reports.recv())
@@ -154,16 +135,16 @@ async fn client_without_certificate_is_refused_before_backend() {
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused_before_backend() {
     let pki = Pki::new();
-    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
+    let other = pki::Ca::new("Other CA", pki::KeyAlg::EcdsaP256).unwrap();
     let stranger = other
-        .issue(&postern::pki::LeafSpec::client(&["spiffe://evil/client"]))
+        .issue(&pki::LeafSpec::client(&["spiffe://evil/client"]))
         .unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let backend = TestBackend::start(Backend::Echo).await;
     let mut stack = Stack::build(
         &pki,
         backend.addr,
-        true,
+        Front::Ours,
         &[
             "--cert",
             &pki.p("stranger.pem"),
@@ -186,7 +167,13 @@ async fn client_certificate_from_another_ca_is_refused_before_backend() {
 async fn server_with_the_wrong_name_is_refused_by_the_client() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let mut stack = Stack::build(&pki, backend.addr, true, &["--server-name", "db.internal"]).await;
+    let mut stack = Stack::build(
+        &pki,
+        backend.addr,
+        Front::Ours,
+        &["--server-name", "db.internal"],
+    )
+    .await;
     assert_refused(stack.client).await;
     let report = stack.report().await;
     assert!(

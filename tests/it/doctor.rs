@@ -1,11 +1,7 @@
 //! `postern doctor` (the real binary) against a healthy local path and
 //! against each kind of misconfiguration it should explain.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
-use common::*;
+use crate::harness::*;
 use tokio_util::sync::CancellationToken;
 
 struct Outcome {
@@ -144,10 +140,8 @@ async fn untrusted_front_end_certificate_is_explained() {
 #[tokio::test]
 async fn refused_client_certificate_is_explained() {
     let pki = Pki::new();
-    let other = postern::pki::Ca::new("Other CA", postern::pki::KeyAlg::EcdsaP256).unwrap();
-    let stranger = other
-        .issue(&postern::pki::LeafSpec::client(&["stranger"]))
-        .unwrap();
+    let other = pki::Ca::new("Other CA", pki::KeyAlg::EcdsaP256).unwrap();
+    let stranger = other.issue(&pki::LeafSpec::client(&["stranger"])).unwrap();
     write_pair(&pki.dir, "stranger", &stranger);
     let shutdown = CancellationToken::new();
     let url = service(&pki, Backend::Echo, &shutdown).await;
@@ -187,7 +181,7 @@ async fn front_end_that_cannot_speak_h2c_to_the_container_is_explained() {
 
 #[tokio::test]
 async fn through_caddy_healthy_and_without_h2c_upstream() {
-    if !common::caddy::installed("doctor through_caddy") {
+    if !caddy::installed("doctor through_caddy") {
         return;
     }
     let pki = Pki::new();
@@ -208,14 +202,14 @@ async fn through_caddy_healthy_and_without_h2c_upstream() {
     .await;
     let flags = client_flags(&pki);
     let argv: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let healthy = common::caddy::Caddy::start(&pki, server).await;
+    let healthy = caddy::Caddy::start(&pki, server).await;
     let out = doctor(&healthy.url(), &argv).await;
     assert!(out.ok, "doctor failed through Caddy:\n{}", healthy.log());
     assert!(out.stdout.contains("[ok]   mTLS") && out.stdout.contains(CLIENT_ID));
     // Caddy proxying h2c to something that is not an HTTP/2 server: what a
     // service deployed without --use-http2 looks like from outside.
     let not_h2c = TestBackend::start(Backend::Banner).await;
-    let broken = common::caddy::Caddy::start(&pki, not_h2c.addr).await;
+    let broken = caddy::Caddy::start(&pki, not_h2c.addr).await;
     let out = doctor(&broken.url(), &argv).await;
     assert!(!out.ok);
     assert!(

@@ -1,14 +1,9 @@
 //! The `postern` binary as a user runs it: the demo, `certs`, several
 //! forwards from one client, `--stdio`, and one-line errors for bad input.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::process::Stdio;
 
-use common::*;
-use postern::server::backend::BANNER;
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +39,7 @@ async fn demo_prints_the_banner_and_every_hop() {
             "hop {hop} not printed"
         );
     }
-    assert!(stdout.contains(postern::demo::CLIENT_ID));
+    assert!(stdout.contains(demo::CLIENT_ID));
 }
 
 #[tokio::test]
@@ -176,10 +171,8 @@ where
 async fn bad_input_gets_one_line_errors_naming_the_culprit() {
     let pki = Pki::new();
     let garbage = pki.dir.write("garbage.pem", "not a certificate\n");
-    let other = postern::pki::Ca::new("Other", postern::pki::KeyAlg::EcdsaP256).unwrap();
-    let stray = other
-        .issue(&postern::pki::LeafSpec::server(&["localhost"]))
-        .unwrap();
+    let other = pki::Ca::new("Other", pki::KeyAlg::EcdsaP256).unwrap();
+    let stray = other.issue(&pki::LeafSpec::server(&["localhost"])).unwrap();
     let stray_key = pki.dir.write("stray-key.pem", &stray.key_pem);
     let missing = pki.p("missing.pem");
     let (server, key, ca) = (

@@ -1,21 +1,10 @@
 //! Routes from `--config`: by path and by inner SNI, each with its own
 //! allow-list and backend; PROXY protocol v2 to the backend.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-#[path = "common/trust.rs"]
-mod trust;
-
-use common::*;
-use postern::cmd::parse_args;
-use postern::pki::LeafSpec;
-use postern::server;
-use postern::testing::proxy_protocol;
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use trust::*;
 
 #[tokio::test]
 async fn config_conflicts_with_single_route_flags() {
@@ -62,7 +51,7 @@ allow = ["spiffe://test.postern/admin"]
         a.addr, b.addr
     );
     let file = pki.dir.write("routes.toml", &config);
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     flags.extend(["--config".to_owned(), file]);
     let mut server = Server::start(&strs(&flags), &shutdown).await;
     let cflags = client_flags(&pki, &[]);
@@ -126,7 +115,7 @@ allow = ["dns:nobody.internal"]
         a.addr, b.addr
     );
     let file = pki.dir.write("routes.toml", &config);
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     flags.extend(["--config".to_owned(), file]);
     let mut server = Server::start(&strs(&flags), &shutdown).await;
     let url = server.url("/");
@@ -172,9 +161,9 @@ async fn proxy_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) 
                     let n = sock.read(&mut chunk).await.unwrap();
                     assert!(n > 0, "EOF before a whole PROXY header");
                     buf.extend_from_slice(&chunk[..n]);
-                    match proxy_protocol::decode(&buf) {
+                    match decode_proxy_header(&buf) {
                         Ok((h, _)) => break h,
-                        Err(proxy_protocol::DecodeError::Truncated { .. }) => continue,
+                        Err(DecodeError::Truncated { .. }) => continue,
                         Err(e) => panic!("bad PROXY header: {e}"),
                     }
                 };
@@ -198,7 +187,7 @@ async fn proxy_protocol_header_carries_identity_and_forwarded_source() {
     let shutdown = CancellationToken::new();
     let (backend, _task) = proxy_backend().await;
     let backend_s = backend.to_string();
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     flags.extend(["--backend", &backend_s, "--proxy-protocol"].map(String::from));
     let mut server = Server::start(&strs(&flags), &shutdown).await;
     // Behind a front end (h2c), the last X-Forwarded-For entry is the one the

@@ -2,17 +2,9 @@
 //! allow-list, and one client per case. Refused cases must never reach the
 //! backend, and the server's report must name the reason.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-#[path = "common/trust.rs"]
-mod trust;
-
-use common::*;
-use postern::pki::{serial_of, Ca, KeyAlg, LeafSpec, Usage};
+use crate::harness::*;
 use time::{Duration, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
-use trust::*;
 
 /// How a case must end.
 enum Expect {
@@ -54,7 +46,7 @@ async fn identity_matrix() {
         .crl_pem(&[serial_of(&revoked.cert_pem).expect("serial")])
         .expect("crl");
     pki.dir.write("crl.pem", &crl);
-    let mut flags = inner_flags(&pki);
+    let mut flags = server_flags(&pki);
     let backend_addr = backend.addr.to_string();
     flags.extend(
         [
@@ -72,7 +64,7 @@ async fn identity_matrix() {
 
     // Cases presented through hand-built rustls clients (the postern client
     // itself refuses to load expired or not-yet-valid certificates).
-    let raw: Vec<(&str, Option<postern::pki::Issued>, Expect)> = vec![
+    let raw: Vec<(&str, Option<pki::Issued>, Expect)> = vec![
         (
             "valid client",
             Some(issue(&LeafSpec::client(&[CLIENT_ID]))),

@@ -3,93 +3,15 @@
 //! server behind it restarts, a front end ending a tunnel at its request
 //! timeout, and HTTP/2 keepalive through Caddy.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::caddy::{self, Caddy, Options};
-use common::*;
-use postern::cmd::parse_args;
-use postern::server::TunnelReport;
-use postern::{client, server};
+use crate::harness::caddy::{self, Caddy, Options};
+use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// `postern server` as a child process on a loopback port.
-struct ServerProcess {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl ServerProcess {
-    async fn spawn(pki: &Pki, backend: SocketAddr, drain_timeout: u64) -> ServerProcess {
-        let port = caddy::free_port().await;
-        let dir = TempDir::new("server");
-        let log = std::fs::File::create(dir.path("server.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_postern"))
-            .arg("server")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--backend", &backend.to_string()])
-            .args([
-                "--cert",
-                &pki.p("server.pem"),
-                "--key",
-                &pki.p("server-key.pem"),
-            ])
-            .args(["--client-ca", &pki.p("ca.pem")])
-            .args(["--drain-timeout", &drain_timeout.to_string()])
-            .env("POSTERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn postern server");
-        let server = ServerProcess { child, port, dir };
-        let ready = poll(|| async { TcpStream::connect(("127.0.0.1", port)).await.is_ok() });
-        assert!(ready.await, "server never listened:\n{}", server.log());
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path("server.log")).unwrap_or_default()
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("server pid").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-    }
-
-    /// Waits until the listener is gone: the server has begun draining.
-    async fn wait_listener_closed(&self) {
-        let port = self.port;
-        let closed = poll(|| async { TcpStream::connect(("127.0.0.1", port)).await.is_err() });
-        assert!(closed.await, "server kept listening after SIGTERM");
-    }
-
-    /// The exit status and the log; the limit only turns a hang into a failure.
-    async fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
-        let status = tokio::time::timeout(limit, self.child.wait()).await;
-        let log = self.log();
-        let status = status
-            .unwrap_or_else(|_| panic!("server did not exit after SIGTERM:\n{log}"))
-            .expect("wait server");
-        (status, log)
-    }
-}
 
 /// Polls `check` every 20 ms until it holds, for at most [`LIMIT`].
 async fn poll<F, Fut>(mut check: F) -> bool
@@ -107,15 +29,6 @@ where
     false
 }
 
-fn inner_client_flags(pki: &Pki) -> Vec<String> {
-    let mut flags = vec!["--cert".to_owned(), pki.p("client.pem")];
-    flags.extend(["--key".to_owned(), pki.p("client-key.pem")]);
-    flags.extend(["--ca".to_owned(), pki.p("ca.pem")]);
-    flags.extend(["--tls-ca".to_owned(), pki.p("ca.pem")]);
-    flags.extend(["--server-name".to_owned(), "localhost".to_owned()]);
-    flags
-}
-
 /// Starts a client for `url` and keeps a handle on its connection pool.
 async fn client_with_pool(
     pki: &Pki,
@@ -123,16 +36,11 @@ async fn client_with_pool(
     extra: &[&str],
     shutdown: &CancellationToken,
 ) -> (SocketAddr, Arc<client::Forward>) {
-    let mut argv: Vec<String> = vec!["--url".into(), url.into()];
-    argv.extend(inner_client_flags(pki));
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
-    let forward = Arc::new(client::Forward::from_args(&args, url).expect("client config"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(client::serve(listener, forward.clone(), shutdown.clone()));
-    (addr, forward)
+    let ca = pki.p("ca.pem");
+    let mut flags = vec!["--tls-ca", ca.as_str()];
+    flags.extend_from_slice(extra);
+    let flags = client_flags(pki, &flags);
+    start_client_with_pool(url, &strs(&flags), shutdown).await
 }
 
 /// An in-process server on a given port, with a handle on its serve task.
@@ -141,18 +49,10 @@ async fn server_on(
     backend: SocketAddr,
     port: u16,
     shutdown: &CancellationToken,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    mpsc::UnboundedReceiver<TunnelReport>,
-) {
-    let mut argv = vec!["--backend".to_owned(), backend.to_string()];
-    argv.extend(inner_server_flags(pki));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let args: server::Args = parse_args("server", &argv).expect("server flags");
-    let mut config = server::Config::from_args(&args, shutdown)
-        .await
-        .expect("server config");
-    let rx = postern::testing::tunnel_reports(&mut config);
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Reports) {
+    let backend = backend.to_string();
+    let mut argv = vec!["--backend".to_owned(), backend];
+    argv.extend(server_flags(pki));
     let mut listener = None;
     let bound = poll(|| {
         let ok = std::net::TcpListener::bind(("127.0.0.1", port));
@@ -163,8 +63,8 @@ async fn server_on(
     let listener = listener.expect("listener");
     listener.set_nonblocking(true).expect("nonblocking");
     let listener = TcpListener::from_std(listener).expect("tokio listener");
-    let task = tokio::spawn(server::serve(listener, Arc::new(config), shutdown.clone()));
-    (task, rx)
+    let server = Server::start_on(listener, &strs(&argv), shutdown).await;
+    (server.task, server.reports)
 }
 
 /// An open local connection through the client, checked with one round trip.
@@ -221,16 +121,16 @@ async fn assert_refused(client: SocketAddr) {
 async fn sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let server = ServerProcess::spawn(&pki, backend.addr, 3).await;
+    let server = child::server(&pki, backend.addr, &["--drain-timeout", "3"]);
     let shutdown = CancellationToken::new();
-    let url = format!("http://127.0.0.1:{}/", server.port);
+    let url = format!("http://127.0.0.1:{}/", server.addr.port());
     let (client, _) = client_with_pool(&pki, &url, &[], &shutdown).await;
     let mut open = Vec::new();
     for i in 0..5 {
         open.push(open_echo(client, i).await);
     }
     server.sigterm();
-    server.wait_listener_closed().await;
+    wait_port_closed(server.addr.port()).await;
     // Open tunnels keep working during the drain. These round trips also
     // order things: the server saw the shutdown before echoing, so its
     // GOAWAY is ahead of the echoed bytes on the connection.
@@ -256,9 +156,9 @@ async fn sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
 async fn tunnel_outliving_the_drain_timeout_is_closed_and_server_exits_zero() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let server = ServerProcess::spawn(&pki, backend.addr, 1).await;
+    let server = child::server(&pki, backend.addr, &["--drain-timeout", "1"]);
     let shutdown = CancellationToken::new();
-    let url = format!("http://127.0.0.1:{}/", server.port);
+    let url = format!("http://127.0.0.1:{}/", server.addr.port());
     let (client, _) = client_with_pool(&pki, &url, &[], &shutdown).await;
     let mut stuck = open_echo(client, 7).await;
     server.sigterm();
@@ -273,36 +173,18 @@ async fn tunnel_outliving_the_drain_timeout_is_closed_and_server_exits_zero() {
     shutdown.cancel();
 }
 
-fn inner_server_flags(pki: &Pki) -> [String; 6] {
-    [
-        "--cert".into(),
-        pki.p("server.pem"),
-        "--key".into(),
-        pki.p("server-key.pem"),
-        "--client-ca".into(),
-        pki.p("ca.pem"),
-    ]
-}
-
 /// An in-process server with inner mTLS in front of `backend`.
 async fn server(
     pki: &Pki,
     backend: SocketAddr,
     shutdown: &CancellationToken,
-) -> (SocketAddr, mpsc::UnboundedReceiver<TunnelReport>) {
-    let flags = inner_server_flags(pki);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    start_server(backend, &flags, shutdown).await
+) -> (SocketAddr, Reports) {
+    start_server(backend, &strs(&server_flags(pki)), shutdown).await
 }
 
 async fn wait_port_closed(port: u16) {
     let closed = poll(|| async { TcpStream::connect(("127.0.0.1", port)).await.is_err() });
     assert!(closed.await, "port {port} kept listening");
-}
-
-async fn next_report(rx: &mut mpsc::UnboundedReceiver<TunnelReport>) -> TunnelReport {
-    let r = tokio::time::timeout(LIMIT, rx.recv()).await;
-    r.expect("no tunnel report").expect("server stopped")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +204,7 @@ async fn client_redials_after_caddy_is_killed_or_stopped() {
     // SIGKILL: the pooled connection dies without a GOAWAY. Once the client
     // has noticed, a tunnel opened after the restart must dial afresh.
     caddy.kill().await;
-    let noticed = poll(|| async { postern::testing::connections(&forward.connector).await == 0 });
+    let noticed = poll(|| async { pool_connections(&forward.connector).await == 0 });
     assert!(noticed.await, "client kept a dead connection in its pool");
     let caddy = Caddy::start_with(&pki, server, port, &opts).await;
     finish(open_echo(client, 2).await).await;
@@ -377,7 +259,7 @@ async fn server_restart_behind_caddy_keeps_open_tunnels_and_takes_new_ones() {
         .expect("join")
         .expect("serve");
     // GOAWAY went to Caddy, not to the client: its connection lived on.
-    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
+    assert_eq!(pool_connections(&forward.connector).await, 1);
     new.cancel();
     shutdown.cancel();
 }
@@ -433,7 +315,7 @@ async fn keepalive_pings_are_answered_through_caddy() {
     // the connection (and this tunnel) after two intervals.
     let pongs = poll(|| async { caddy.log().matches("wrote PING flags=ACK").count() >= 3 });
     assert!(pongs.await, "no PING answered:\n{}", caddy.log());
-    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
+    assert_eq!(pool_connections(&forward.connector).await, 1);
     echo(&mut sock, 2).await;
     finish(sock).await;
     shutdown.cancel();

@@ -6,6 +6,7 @@
 //! (non-Huffman) strings: valid for any decoder and needing no table state.
 //! Incoming frames are only classified (type, flags, stream), never decoded.
 
+// The frame-type and flag table below is kept whole, used or not.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -1,104 +1,19 @@
 //! Helpers for the trust tests (identity, routes, reload, limits, metrics):
-//! a server started from arbitrary flags (also `--config`, without
-//! `--backend`), hand-built inner clients, and refusal checks.
-//! Included with `#[path = "common/trust.rs"] mod trust;` next to `mod common;`.
-
-#![allow(dead_code)]
+//! hand-built inner clients, refusal checks, metrics scrapes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern::client::{Connector, Forward, Target};
-use postern::cmd::parse_args;
-use postern::pki::Issued;
-use postern::server::TunnelReport;
-use postern::server::{self, Config};
-use postern::tls::{self, pem};
-use postern::transport::stream::H2Stream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{round_trip, Pki, LIMIT};
-
-/// A running server plus what tests look at.
-pub struct Server {
-    pub addr: SocketAddr,
-    pub config: Arc<Config>,
-    pub reports: mpsc::UnboundedReceiver<TunnelReport>,
-}
-
-impl Server {
-    /// Starts `postern server` with exactly `flags` on loopback.
-    pub async fn start(flags: &[&str], shutdown: &CancellationToken) -> Server {
-        let args: server::Args = parse_args("server", flags).expect("server flags");
-        let mut config = Config::from_args(&args, shutdown)
-            .await
-            .expect("server config");
-        let reports = postern::testing::tunnel_reports(&mut config);
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(server::serve(listener, config.clone(), shutdown.clone()));
-        Server {
-            addr,
-            config,
-            reports,
-        }
-    }
-
-    /// The next finished-tunnel report.
-    pub async fn report(&mut self) -> TunnelReport {
-        tokio::time::timeout(LIMIT, self.reports.recv())
-            .await
-            .expect("timed out waiting for a tunnel report")
-            .expect("server stopped")
-    }
-
-    /// `http://127.0.0.1:PORT{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
-    }
-}
-
-/// The usual inner mTLS server flags for `pki`.
-pub fn inner_flags(pki: &Pki) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        pki.p("server.pem"),
-        "--key".into(),
-        pki.p("server-key.pem"),
-        "--client-ca".into(),
-        pki.p("ca.pem"),
-    ]
-}
-
-/// The usual client flags for `pki`, then `extra` (a flag in `extra`
-/// replaces the default one).
-pub fn client_flags(pki: &Pki, extra: &[&str]) -> Vec<String> {
-    let defaults = [
-        ("--cert", pki.p("client.pem")),
-        ("--key", pki.p("client-key.pem")),
-        ("--ca", pki.p("ca.pem")),
-        ("--server-name", "localhost".to_owned()),
-    ];
-    let mut v: Vec<String> = defaults
-        .into_iter()
-        .filter(|(flag, _)| !extra.contains(flag))
-        .flat_map(|(flag, value)| [flag.to_owned(), value])
-        .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
-pub fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
+use super::api::{pem, tls, workers, Connector, Forward, H2Stream, Issued, Target};
+use super::{round_trip, start_forward, Pki, LIMIT};
 
 /// An inner client config presenting `issued` (no validity check, so expired
 /// and not-yet-valid certificates can be presented), or no certificate.
@@ -128,7 +43,7 @@ pub async fn raw_client(
     config: Arc<rustls::ClientConfig>,
     shutdown: &CancellationToken,
 ) -> SocketAddr {
-    let forward = Forward {
+    let forward = Arc::new(Forward {
         connector: Arc::new(Connector::new(
             Target::parse(url).expect("url"),
             None,
@@ -140,9 +55,9 @@ pub async fn raw_client(
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
-        workers: postern::transport::workers::default_count(),
-    };
-    crate::common::start_forward(forward, shutdown).await
+        workers: workers::default_count(),
+    });
+    start_forward(forward, shutdown).await
 }
 
 /// Opens one tunnel to `url` in the test itself and completes the inner

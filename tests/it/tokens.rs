@@ -2,20 +2,13 @@
 //! acting like Cloud Run's IAM check demands. Tokens come from a fake
 //! metadata server or a fake token command, and are cached across tunnels.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::harness::*;
 use base64::Engine as _;
-use common::*;
-use postern::server::backend::BANNER;
-use postern::tls::pem;
-use postern::tls::{self, CertSlot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,31 +38,10 @@ async fn private_service(
     tokens: Vec<String>,
     shutdown: &CancellationToken,
 ) -> String {
-    let (server, _reports) = start_server(
-        backend,
-        &[
-            "--cert",
-            &pki.p("server.pem"),
-            "--key",
-            &pki.p("server-key.pem"),
-            "--client-ca",
-            &pki.p("ca.pem"),
-        ],
-        shutdown,
-    )
-    .await;
-    let key =
-        pem::load_identity(&pki.dir.path("front.pem"), &pki.dir.path("front-key.pem")).unwrap();
-    let config = tls::outer_server_config(CertSlot::new(key)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(postern::testing::serve_private(
-        listener,
-        config,
-        server,
-        Some(tokens.into()),
-        shutdown.clone(),
-    ));
+    let (server, _reports) = start_server(backend, &strs(&server_flags(pki)), shutdown).await;
+    let port = start_front_with(pki, server, Some(tokens), shutdown)
+        .await
+        .port();
     format!("https://localhost:{port}/")
 }
 
@@ -79,14 +51,11 @@ async fn client_with(
     extra: &[&str],
     shutdown: &CancellationToken,
 ) -> SocketAddr {
-    let (cert, key, ca) = (
-        pki.p("client.pem"),
-        pki.p("client-key.pem"),
-        pki.p("ca.pem"),
-    );
-    let mut flags = vec!["--cert", &cert, "--key", &key, "--ca", &ca, "--tls-ca", &ca];
+    let ca = pki.p("ca.pem");
+    let mut flags = vec!["--tls-ca", ca.as_str()];
     flags.extend_from_slice(extra);
-    start_client(url, &flags, shutdown).await
+    let flags = client_flags(pki, &flags);
+    start_client(url, &strs(&flags), shutdown).await
 }
 
 #[tokio::test]

@@ -3,13 +3,9 @@
 //! patterns, some half-closing early and reading on, each checked by SHA-256
 //! in both directions.
 
-#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
-
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::harness::*;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
