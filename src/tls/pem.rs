@@ -66,14 +66,20 @@ fn describe(path: &Path, err: rustls_pki_types::pem::Error) -> PemError {
 
 /// Reads every certificate in a PEM file (a leaf followed by its chain, or a CA bundle).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let certs = CertificateDer::pem_file_iter(path)
+    load_all(path, "CERTIFICATE")
+}
+
+/// Reads every PEM block of one kind (`label` names it in the error when
+/// there is none); blocks of other kinds are skipped.
+fn load_all<T: PemObject>(path: &Path, label: &str) -> Result<Vec<T>, PemError> {
+    let items = T::pem_file_iter(path)
         .map_err(|e| describe(path, e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| describe(path, e))?;
-    if certs.is_empty() {
-        return Err(unreadable(path, "no CERTIFICATE block found"));
+    if items.is_empty() {
+        return Err(unreadable(path, format!("no {label} block found")));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// Reads one private key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
@@ -88,14 +94,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
 
 /// Reads CRLs from a PEM file (`X509 CRL` blocks).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| describe(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| describe(path, e))?;
-    if crls.is_empty() {
-        return Err(unreadable(path, "no X509 CRL block found"));
-    }
-    Ok(crls)
+    load_all(path, "X509 CRL")
 }
 
 /// Reads a CA file into a root store; every certificate in it must parse.
