@@ -139,6 +139,11 @@ async fn unauthenticated_peers_pin_at_most_one_mib_per_connection() {
         "each unauthenticated connection pins {per_conn} KiB (pushed {} KiB)",
         pushed / CONNECTIONS / 1024
     );
+    assert!(
+        pushed / CONNECTIONS <= 1 << 20,
+        "flow control let {} KiB per unauthenticated connection through",
+        pushed / CONNECTIONS / 1024
+    );
     drop(held);
     shutdown.cancel();
 }
@@ -511,6 +516,84 @@ async fn a_reload_stuck_on_a_file_does_not_stall_the_accept_loop() {
     assert!(
         !stalled,
         "a new connection was only served once the stuck reload was released"
+    );
+    shutdown.cancel();
+}
+
+/// One authenticated tunnel earns its connection full windows: a stream
+/// opened next to it may send a whole 8 MiB stream window at once, and a
+/// 256 MiB transfer goes through intact (its rate is printed, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
+    use postern::transport::stream::H2Stream;
+    const FULL: usize = 8 * 1024 * 1024;
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::HashAfterEof).await;
+    let server = child::server(&pki, backend.addr, &[]);
+
+    let sock = TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = postern::transport::settings::client_builder()
+        .handshake::<_, Bytes>(sock)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://localhost/").body(()).unwrap();
+    let (response, send) = client.send_request(req, false).unwrap();
+    let config = postern::tls::inner_client_config(
+        postern::tls::CertSlot::new(
+            postern::tls::pem::load_identity(
+                &pki.dir.path("client.pem"),
+                &pki.dir.path("client-key.pem"),
+            )
+            .unwrap(),
+        ),
+        postern::tls::pem::load_roots(&pki.dir.path("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut tls = tokio::time::timeout(
+        LIMIT,
+        tokio_rustls::TlsConnector::from(config).connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            H2Stream::client(send, response),
+        ),
+    )
+    .await
+    .expect("inner handshake timed out")
+    .expect("inner handshake");
+    // The server counts the tunnel authenticated once it has read our
+    // Finished; the bounded wait below covers the moment in between.
+    tls.write_all(b"x").await.unwrap();
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://localhost/").body(()).unwrap();
+    let (_response, mut beside) = client.send_request(req, false).unwrap();
+    beside.reserve_capacity(FULL);
+    tokio::time::timeout(LIMIT, async {
+        while beside.capacity() < FULL {
+            match std::future::poll_fn(|cx| beside.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                other => panic!("no capacity: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the window stayed at {} bytes", beside.capacity()));
+    drop((tls, beside));
+
+    let shutdown = CancellationToken::new();
+    let url = format!("http://127.0.0.1:{}/", server.addr.port());
+    let cflags = child::client_flags(&pki);
+    let local = start_client(&url, &trust::strs(&cflags), &shutdown).await;
+    let data = random_bytes(256 << 20, 3);
+    let started = std::time::Instant::now();
+    let back = round_trip(local, &data).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&back), sha256(&data));
+    eprintln!(
+        "256 MiB through one tunnel in {took:?}: {:.0} MB/s",
+        data.len() as f64 / took.as_secs_f64() / 1e6
     );
     shutdown.cancel();
 }
