@@ -193,6 +193,13 @@ mod tests {
         let args = parse(&["--watch-interval", "0", "--drain-timeout", "0"]).expect("zero");
         assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
         let defaults = parse(&[]).expect("defaults");
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(300));
+        assert_eq!(defaults.buffer_budget_mib, 512);
+        let off = parse(&["--connection-idle-timeout", "0"]).expect("off");
+        assert!(off.connection_idle_timeout.is_zero());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--buffer-budget-mib", "0"]).is_err());
         assert_eq!(defaults.watch_interval, Duration::from_secs(2));
         assert_eq!(defaults.drain_timeout, Duration::from_secs(8));
         assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
