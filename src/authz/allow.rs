@@ -49,13 +49,21 @@ impl Allow {
     }
 }
 
+impl Allow {
+    /// The peer's name that the first matching pattern matched (`None` for
+    /// an allow-any list, or when nothing matches): the name a tunnel is
+    /// logged and announced under, rather than just its first SAN.
+    pub fn matched_name(&self, id: &PeerIdentity) -> Option<String> {
+        self.patterns
+            .iter()
+            .find_map(|p| p.matching(id))
+            .map(str::to_owned)
+    }
+}
+
 /// Every name in the identity, so a denial log shows what was compared.
 fn describe(id: &PeerIdentity) -> String {
-    let mut names: Vec<String> = Vec::new();
-    names.extend(id.uris.iter().map(|u| format!("uri:{u}")));
-    names.extend(id.dns_names.iter().map(|d| format!("dns:{d}")));
-    names.extend(id.ips.iter().map(|i| format!("ip:{i}")));
-    names.extend(id.common_name.iter().map(|c| format!("cn:{c}")));
+    let names = id.all_names();
     if names.is_empty() {
         "<anonymous>".to_owned()
     } else {

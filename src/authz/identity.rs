@@ -22,6 +22,9 @@ pub struct PeerIdentity {
     pub common_name: Option<String>,
     /// The end of the certificate's validity, as a Unix timestamp.
     pub not_after: i64,
+    /// The name the allow-list matched, when one did (set by the server
+    /// after the handshake; see [`PeerIdentity::name`]).
+    pub matched: Option<String>,
 }
 
 impl PeerIdentity {
@@ -68,9 +71,28 @@ impl PeerIdentity {
     }
 }
 
+impl PeerIdentity {
+    /// The name to log and announce: the one the allow-list matched, else
+    /// [`PeerIdentity::primary`].
+    pub fn name(&self) -> &str {
+        self.matched.as_deref().unwrap_or_else(|| self.primary())
+    }
+
+    /// Every name in the certificate, as `uri:…`, `dns:…`, `ip:…`, `cn:…`.
+    pub fn all_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        names.extend(self.uris.iter().map(|u| format!("uri:{u}")));
+        names.extend(self.dns_names.iter().map(|d| format!("dns:{d}")));
+        names.extend(self.ips.iter().map(|i| format!("ip:{i}")));
+        names.extend(self.common_name.iter().map(|c| format!("cn:{c}")));
+        names
+    }
+}
+
 impl fmt::Display for PeerIdentity {
+    /// [`PeerIdentity::name`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.primary())
+        f.write_str(self.name())
     }
 }
 

@@ -151,18 +151,28 @@ fn parse_cn(v: &str) -> Result<String, String> {
 impl Pattern {
     /// Whether any of the identity's names of this pattern's kind match.
     pub fn matches(&self, id: &PeerIdentity) -> bool {
+        self.matching(id).is_some()
+    }
+
+    /// The first of the identity's names that this pattern matches.
+    pub fn matching<'a>(&self, id: &'a PeerIdentity) -> Option<&'a str> {
         match self {
-            Pattern::Uri(p) => id.uris.iter().any(|u| uri_matches(p, u)),
-            Pattern::Dns(p) => id.dns_names.iter().any(|d| dns_matches(p, d)),
-            Pattern::CommonName(p) => id.common_name.as_deref() == Some(p.as_str()),
+            Pattern::Uri(p) => id.uris.iter().find(|u| uri_matches(p, u)),
+            Pattern::Dns(p) => id.dns_names.iter().find(|d| dns_matches(p, d)),
+            Pattern::CommonName(p) => id.common_name.as_ref().filter(|c| *c == p),
         }
+        .map(String::as_str)
     }
 }
 
 /// URI matching: exact bytes, or for a `/*` pattern, a strict extension of the
 /// prefix (which includes its trailing '/') whose remaining path segments are
 /// all real names. Dot segments, empty segments, queries and fragments are
-/// refused because a backend might normalise them back out of the subtree.
+/// refused because a backend might normalise them back out of the subtree;
+/// so is any percent-encoding (`%2e%2e` is `..` once decoded, `%2f` a `/`).
+/// Below a `spiffe://` prefix, segments must also keep to the SPIFFE ID
+/// path alphabet (letters, digits, `.`, `-`, `_`: the SPIFFE ID format
+/// allows no percent-encoding at all).
 fn uri_matches(pattern: &str, uri: &str) -> bool {
     let Some(prefix) = pattern.strip_suffix('*') else {
         return pattern == uri;
@@ -170,11 +180,20 @@ fn uri_matches(pattern: &str, uri: &str) -> bool {
     let Some(rest) = uri.strip_prefix(prefix) else {
         return false;
     };
-    !rest.is_empty()
-        && !rest.contains(['?', '#'])
-        && rest
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    let spiffe = prefix
+        .get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"));
+    let name = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && !seg.contains('%')
+            && (!spiffe
+                || seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+    };
+    !rest.is_empty() && !rest.contains(['?', '#']) && rest.split('/').all(name)
 }
 
 /// DNS matching: case-insensitive exact, or for `*.suffix`, exactly one extra

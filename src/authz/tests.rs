@@ -284,3 +284,46 @@ fn allow_check() {
         .expect_err("must deny");
     assert!(anon.to_string().contains("<anonymous>"));
 }
+
+#[test]
+fn percent_encoding_below_a_wildcard_is_refused_like_dot_segments() {
+    let p = pat("uri:spiffe://x/client/*");
+    assert!(p.matches(&uri_id("spiffe://x/client/a-b_c.d")));
+    for bad in [
+        "spiffe://x/client/%2e%2e/admin",
+        "spiffe://x/client/%2E%2E/admin",
+        "spiffe://x/client/.%2e/admin",
+        "spiffe://x/client/%2e",
+        "spiffe://x/client/a%2fb",
+        "spiffe://x/client/a%20b",
+        "spiffe://x/client/a+b",
+        "spiffe://x/client/é",
+    ] {
+        assert!(!p.matches(&uri_id(bad)), "{bad} must be refused");
+    }
+    // Other schemes keep their alphabet, but no percent-encoding either.
+    let https = pat("uri:https://x/svc/*");
+    assert!(https.matches(&uri_id("https://x/svc/a+b")));
+    assert!(!https.matches(&uri_id("https://x/svc/%2e%2e/admin")));
+}
+
+#[test]
+fn the_name_that_matched_is_reported_not_the_first_san() {
+    let mut id = PeerIdentity {
+        uris: vec![
+            "spiffe://other.org/x".into(),
+            "spiffe://test.org/client/a".into(),
+        ],
+        dns_names: vec!["a.example.com".into()],
+        ..Default::default()
+    };
+    let allow = Allow::new(vec![pat("spiffe://test.org/client/*")]);
+    id.matched = allow.matched_name(&id);
+    assert_eq!(id.matched.as_deref(), Some("spiffe://test.org/client/a"));
+    assert_eq!(id.to_string(), "spiffe://test.org/client/a");
+    assert_eq!(id.primary(), "spiffe://other.org/x");
+    assert_eq!(id.all_names().len(), 3);
+    assert_eq!(Allow::default().matched_name(&id), None);
+    let by_dns = Allow::new(vec![pat("dns:*.example.com")]);
+    assert_eq!(by_dns.matched_name(&id).as_deref(), Some("a.example.com"));
+}

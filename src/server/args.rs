@@ -116,6 +116,24 @@ pub struct Args {
     /// Most tunnels open at once in this process; more are answered 503.
     #[arg(long, default_value_t = 16384)]
     pub max_tunnels: usize,
+    /// Most HTTP/2 connections open at once in this process; more are
+    /// closed as soon as they are accepted (counted in
+    /// `postern_connections_refused_total`).
+    #[arg(long, env = "POSTERN_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Close an HTTP/2 connection that has had no open request for this
+    /// long (GOAWAY; `90s`, `5m`; 0 = never).
+    #[arg(long, env = "POSTERN_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = duration_or_off)]
+    pub connection_idle_timeout: Duration,
+    /// Receive-window bytes (MiB) all connections together may be granted:
+    /// the most data peers can make the server buffer. Each connection needs
+    /// 256 KiB to start (beyond that it is closed at once), and each
+    /// authenticated tunnel earns its connection 8 MiB more (up to 32 MiB)
+    /// while the budget lasts.
+    #[arg(long, env = "POSTERN_BUFFER_BUDGET_MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub buffer_budget_mib: u64,
     /// Most concurrent tunnels per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// more are refused with REFUSED_STREAM.
     #[arg(long, default_value_t = 1000)]
@@ -175,6 +193,13 @@ mod tests {
         let args = parse(&["--watch-interval", "0", "--drain-timeout", "0"]).expect("zero");
         assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
         let defaults = parse(&[]).expect("defaults");
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(300));
+        assert_eq!(defaults.buffer_budget_mib, 512);
+        let off = parse(&["--connection-idle-timeout", "0"]).expect("off");
+        assert!(off.connection_idle_timeout.is_zero());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--buffer-budget-mib", "0"]).is_err());
         assert_eq!(defaults.watch_interval, Duration::from_secs(2));
         assert_eq!(defaults.drain_timeout, Duration::from_secs(8));
         assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));

@@ -13,7 +13,9 @@ use crate::server::backend;
 use crate::server::metrics::{self, Metrics};
 use crate::server::reload::{InnerFiles, Live, RouteSource, Sources};
 use crate::server::report::{Observer, TunnelReport};
+use crate::server::routes;
 use crate::server::tunnel::Limits;
+use crate::server::windows::Budget;
 
 /// Everything a running server needs, built once from [`Args`].
 pub struct Config {
@@ -39,6 +41,13 @@ pub struct Config {
     pub(crate) observer: Option<Observer>,
     /// Worker threads that serve connections (see [`crate::transport::workers`]).
     pub workers: usize,
+    /// Process-wide connection limit (`--max-connections`): beyond it a
+    /// connection is closed at once.
+    pub connections: Arc<Semaphore>,
+    /// Close a connection with no open request for this long.
+    pub connection_idle_timeout: Option<Duration>,
+    /// The receive-window bytes all connections together may be granted.
+    pub budget: Arc<Budget>,
 }
 
 impl Config {
@@ -83,7 +92,12 @@ impl Config {
             inner,
             outer,
         };
-        let live = Arc::new(Live::new(sources, metrics.clone())?);
+        // Files are read and TLS configs built on the blocking pool, as on reload.
+        let m = metrics.clone();
+        let live = tokio::task::spawn_blocking(move || Live::new(sources, m))
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the certificates and routes: {e}"))??;
+        let live = Arc::new(live);
         let metrics_addr = match args.metrics_listen {
             Some(addr) => Some(metrics::listen(addr, metrics.clone(), shutdown.clone()).await?),
             None => None,
@@ -106,6 +120,10 @@ impl Config {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
+            connections: Arc::new(Semaphore::new(args.max_connections as usize)),
+            connection_idle_timeout: (!args.connection_idle_timeout.is_zero())
+                .then_some(args.connection_idle_timeout),
+            budget: Arc::new(Budget::new(args.buffer_budget_mib.saturating_mul(1 << 20))),
         })
     }
 
@@ -126,6 +144,10 @@ async fn resolve_backend(backend: &str, shutdown: &CancellationToken) -> anyhow:
                 .await?
                 .to_string()
         }
-        None => backend.to_owned(),
+        None => {
+            // Checked here, once, rather than failing every tunnel's dial.
+            routes::validate_backend(backend).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+            backend.to_owned()
+        }
     })
 }

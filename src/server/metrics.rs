@@ -14,10 +14,12 @@
 //! | `postern_tunnels_total` | counter (tunnels answered 200) | |
 //! | `postern_tunnel_bytes_total` | counter | `direction` = `to_backend`/`from_backend` |
 //! | `postern_handshake_failures_total` | counter | `reason` (see [`crate::tls::HandshakeFailure::label`], `timeout`) |
-//! | `postern_refusals_total` | counter | `reason` = `not_found`/`method_not_allowed`/`tunnel_limit`/`denied`/`no_route`/`backend_unreachable` |
+//! | `postern_refusals_total` | counter | `reason` = `not_found`/`method_not_allowed`/`tunnel_limit`/`malformed`/`denied`/`no_route`/`backend_unreachable` |
 //! | `postern_tunnels_closed_total` | counter | `reason` (the tunnel's close reason) |
 //! | `postern_backend_connect_seconds` | histogram | |
 //! | `postern_reloads_total` | counter | `result` = `ok`/`rejected` |
+//! | `postern_connections_open` | gauge | |
+//! | `postern_connections_refused_total` | counter | `reason` = `max_connections`/`buffer_budget` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +63,8 @@ pub struct Metrics {
     closes: Family<Reason, Counter>,
     backend_connect: Histogram,
     reloads: Family<Outcome, Counter>,
+    connections_open: Gauge,
+    connections_refused: Family<Reason, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +93,18 @@ impl Metrics {
         // a backend that is timing out in the last.
         let backend_connect = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
         let reloads = Family::<Outcome, Counter>::default();
+        let connections_open = Gauge::default();
+        let connections_refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "postern_connections_open",
+            "HTTP/2 connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "postern_connections_refused",
+            "Connections closed at once, by reason",
+            connections_refused.clone(),
+        );
         registry.register("postern_tunnels_open", "Tunnels open now", open.clone());
         registry.register(
             "postern_tunnels",
@@ -135,7 +151,22 @@ impl Metrics {
             closes,
             backend_connect,
             reloads,
+            connections_open,
+            connections_refused,
         }
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections_open.inc();
+        ConnectionGuard(self.clone())
+    }
+
+    /// Counts a connection closed at once (`--max-connections`, budget).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// Counts a tunnel as open until the returned guard is dropped.
@@ -198,6 +229,15 @@ pub struct OpenGuard(Arc<Metrics>);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.dec();
+    }
+}
+
+/// Decrements the open-connection gauge when dropped.
+pub struct ConnectionGuard(Arc<Metrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
     }
 }
 

@@ -10,6 +10,8 @@
 //!   ended; `watchdog`: its idle timeout and lifetime.
 //! - `routes` and `config_file`: the routing table and its TOML file;
 //!   `reload`: the material (routes with their TLS configs) swapped on change.
+//! - `windows`: what a connection may make the server buffer before and after
+//!   its tunnels authenticate, and the process-wide buffer budget.
 //! - `proxy_protocol`: the PROXY v2 header; `metrics`; `backend`: built-in backends.
 
 mod args;
@@ -26,6 +28,7 @@ mod routes;
 mod serve;
 mod tunnel;
 mod watchdog;
+mod windows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

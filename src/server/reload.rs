@@ -270,6 +270,9 @@ impl Live {
 
     /// Reloads on [`Live::request_reload`] and, every `interval` if set, when
     /// a file's modification time, size or inode changed; until `shutdown`.
+    /// File reads and TLS config building run on the blocking pool: a slow
+    /// or stuck file (a network mount, a FIFO) must not stall the runtime
+    /// that accepts connections.
     pub async fn watch(self: Arc<Self>, interval: Option<Duration>, shutdown: CancellationToken) {
         loop {
             let poll = async {
@@ -280,7 +283,11 @@ impl Live {
             };
             tokio::select! {
                 _ = poll => {
-                    let now = self.sources.fingerprint();
+                    let live = self.clone();
+                    let Ok(now) = tokio::task::spawn_blocking(move || live.sources.fingerprint()).await
+                    else {
+                        continue;
+                    };
                     let changed = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) != now;
                     if !changed {
                         continue;
@@ -290,7 +297,12 @@ impl Live {
                 _ = self.hangup.notified() => info!("reload requested (SIGHUP)"),
                 _ = shutdown.cancelled() => return,
             }
-            let _ = self.reload();
+            let live = self.clone();
+            let reload = tokio::task::spawn_blocking(move || live.reload());
+            tokio::select! {
+                _ = reload => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 }

@@ -103,17 +103,25 @@ pub struct TunnelReport {
 /// The one summary line per tunnel.
 pub(crate) fn log(report: &TunnelReport) {
     let identity = report.identity.as_ref().map(|i| i.to_string());
+    // With several names, all of them, so the log shows what else the
+    // certificate carries besides the one that was let in.
+    let names = report
+        .identity
+        .as_ref()
+        .map(|i| i.all_names())
+        .filter(|n| n.len() > 1)
+        .map(|n| n.join(", "));
     let (to_backend, from_backend) = (report.totals.outbound, report.totals.inbound);
     let duration_ms = report.duration.as_millis() as u64;
     let (route, close) = (report.route.as_str(), report.close);
     match &report.outcome {
         Ok(()) => info!(
             identity,
-            route, to_backend, from_backend, duration_ms, close, "tunnel ended"
+            names, route, to_backend, from_backend, duration_ms, close, "tunnel ended"
         ),
         Err(error) => warn!(
             identity,
-            route, to_backend, from_backend, duration_ms, close, error, "tunnel ended"
+            names, route, to_backend, from_backend, duration_ms, close, error, "tunnel ended"
         ),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{Reason, RecvStream};
 use http::{Method, Request, StatusCode};
 use tracing::{debug, warn};
 
@@ -14,6 +14,7 @@ use crate::server::config::Config;
 use crate::server::reply::reply;
 use crate::server::routes::Routes;
 use crate::server::tunnel::Tunnel;
+use crate::server::windows::Counted;
 
 /// Dispatches one request: health check, tunnel, or refusal. Only the path
 /// is looked at here; the route within it (by inner SNI) is chosen once the
@@ -24,6 +25,7 @@ pub(crate) async fn request(
     peer: SocketAddr,
     behind_front: bool,
     config: Arc<Config>,
+    conn: Counted,
 ) {
     let method = req.method().clone();
     let mut path = req.uri().path().to_owned();
@@ -31,6 +33,15 @@ pub(crate) async fn request(
         return reply(&mut respond, StatusCode::OK, "ok\n");
     }
     let material = config.live.material();
+    if method == Method::CONNECT && req.uri().authority().is_none() {
+        // RFC 9113 §8.5: a CONNECT without :authority is malformed, and
+        // §8.1.1 makes a malformed request a stream error PROTOCOL_ERROR.
+        // h2 lets it through, so it is refused here.
+        debug!("CONNECT without :authority: reset (malformed)");
+        config.metrics.refused("malformed");
+        respond.send_reset(Reason::PROTOCOL_ERROR);
+        return;
+    }
     if method == Method::CONNECT {
         path = connect_path(&material.routes).to_owned();
     }
@@ -76,6 +87,7 @@ pub(crate) async fn request(
         limits: config.limits,
         metrics: config.metrics.clone(),
         observer: config.observer.clone(),
+        conn,
         _permit: permit,
     };
     tunnel.run(req, respond).await;

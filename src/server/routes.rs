@@ -138,7 +138,7 @@ fn validate_path(path: &str) -> anyhow::Result<()> {
 
 /// `host:port` with a non-empty host (IPv6 literals in brackets) and a
 /// non-zero port, checked at load so a typo fails at startup, not per tunnel.
-fn validate_backend(backend: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_backend(backend: &str) -> anyhow::Result<()> {
     let bad = |why: &str| anyhow!("backend {backend:?} is not host:port: {why}");
     let (host, port) = backend
         .rsplit_once(':')

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +16,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::server::config::Config;
 use crate::server::request;
+use crate::server::windows::{self, Grant, Share};
 use crate::transport::settings;
 use crate::transport::workers::Workers;
 
@@ -41,6 +43,19 @@ pub async fn serve(
         else {
             break;
         };
+        // Beyond --max-connections, or when the buffer budget cannot give
+        // it a first window, a connection is closed before any byte is read.
+        let Some(slot) = config.connections.clone().try_acquire_owned().ok() else {
+            debug!(%peer, "connection limit reached: closing");
+            config.metrics.connection_refused("max_connections");
+            continue;
+        };
+        let Some(grant) = Grant::first(&config.budget) else {
+            debug!(%peer, "buffer budget spent: closing");
+            config.metrics.connection_refused("buffer_budget");
+            continue;
+        };
+        let open = config.metrics.connection_opened();
         let config = config.clone();
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
         let span = info_span!("conn", %peer);
@@ -48,9 +63,9 @@ pub async fn serve(
         // connection is gone.
         let token = tracker.token();
         workers.run(workers.pick(1), sock, span, move |sock| async move {
-            let _token = token;
+            let _held = (token, slot, open);
             tokio::select! {
-                r = connection(sock, peer, config, shutdown) => {
+                r = connection(sock, peer, config, grant, shutdown) => {
                     if let Err(e) = r {
                         debug!(error = format!("{e:#}"), "connection ended");
                     }
@@ -82,6 +97,7 @@ async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
+    grant: Grant,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
@@ -94,9 +110,9 @@ async fn connection(
                 .await
                 .context("outer TLS handshake timed out")?
                 .context("outer TLS handshake")?;
-            h2_connection(tls, peer, false, config, shutdown).await
+            h2_connection(tls, peer, false, config, grant, shutdown).await
         }
-        None => h2_connection(sock, peer, true, config, shutdown).await,
+        None => h2_connection(sock, peer, true, config, grant, shutdown).await,
     }
 }
 
@@ -107,23 +123,28 @@ async fn connection(
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Response data h2 buffers per stream beyond what the peer's window lets
-/// out. Together with the receive window ([`settings::STREAM_WINDOW`], released only
+/// out. Together with the receive windows (see [`windows`], released only
 /// as the tunnel consumes data) this bounds a tunnel's memory when a peer
 /// stops reading: the writer simply waits for capacity.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// `behind_front`: plain h2c, so `x-forwarded-for` was written by the front end.
+/// The windows start at the pre-authentication sizes and follow the
+/// connection's authenticated tunnels (see [`windows`]).
 async fn h2_connection<T>(
     io: T,
     peer: SocketAddr,
     behind_front: bool,
     config: Arc<Config>,
+    mut grant: Grant,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = settings::server_builder()
+        .initial_window_size(windows::PREAUTH_STREAM_WINDOW)
+        .initial_connection_window_size(windows::PREAUTH_CONNECTION_WINDOW)
         .max_header_list_size(config.max_header_list_size)
         .max_concurrent_streams(config.max_streams_per_connection)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
@@ -136,10 +157,55 @@ where
             "HTTP/2 preface timed out (is the front end speaking h2c? deploy with --use-http2)",
         )?
         .context("HTTP/2 handshake (is the front end speaking h2c? deploy with --use-http2)")?;
+    let share = Arc::new(Share::default());
+    let mut stream_window_raised = false;
     let mut draining = false;
+    // Since when no request has been open, and when a connection told to go
+    // away for idling is cut off if its peer does not finish the goodbye.
+    let mut idle_since = Some(Instant::now());
+    let mut cut_off: Option<Instant> = None;
     loop {
+        match (share.open(), idle_since) {
+            (0, None) => idle_since = Some(Instant::now()),
+            (1.., Some(_)) => idle_since = None,
+            _ => {}
+        }
+        let idle_at = match (cut_off, idle_since, config.connection_idle_timeout) {
+            (Some(at), _, _) => Some(at),
+            (None, Some(since), Some(limit)) => Some(since + limit),
+            _ => None,
+        };
+        let idle = async move {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             next = conn.accept() => next,
+            _ = share.changed() => {
+                let established = share.established();
+                let window = grant.resize(windows::connection_window(established));
+                conn.set_target_window_size(window);
+                if established > 0 && !stream_window_raised {
+                    // Fails only while an earlier change awaits its ACK; the
+                    // next change retries.
+                    stream_window_raised = conn
+                        .set_initial_window_size(settings::STREAM_WINDOW)
+                        .is_ok();
+                }
+                continue;
+            }
+            _ = idle => {
+                if cut_off.is_some() {
+                    debug!("idle connection did not close: cut off");
+                    return Ok(());
+                }
+                debug!("no request for the connection idle timeout: closing");
+                conn.graceful_shutdown();
+                cut_off = Some(Instant::now() + config.limits.handshake_timeout);
+                continue;
+            }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
@@ -149,6 +215,14 @@ where
         let Some(next) = next else { return Ok(()) };
         let (req, respond) = next.context("HTTP/2 connection")?;
         let config = config.clone();
-        tokio::spawn(request::request(req, respond, peer, behind_front, config));
+        let counted = share.opened();
+        tokio::spawn(request::request(
+            req,
+            respond,
+            peer,
+            behind_front,
+            config,
+            counted,
+        ));
     }
 }

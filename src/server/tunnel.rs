@@ -26,6 +26,7 @@ use crate::server::reply::{ok, reply};
 use crate::server::report::{log, Observer, TunnelError, TunnelReport};
 use crate::server::routes::Route;
 use crate::server::watchdog::{self, Activity, Expired, Metered};
+use crate::server::windows::Counted;
 use crate::tls::{self, HandshakeFailure};
 use crate::transport::splice::{self, Totals};
 use crate::transport::stream::H2Stream;
@@ -52,6 +53,9 @@ pub(crate) struct Tunnel {
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) observer: Option<Observer>,
+    /// This request on its connection: marked established once the client
+    /// is authenticated, which earns the connection wider windows.
+    pub(crate) conn: Counted,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -133,6 +137,8 @@ impl Tunnel {
                     return Err(e);
                 }
             };
+            // No client to authenticate: the backend now reads what comes.
+            self.conn.establish();
             let send = respond.send_response(ok(), false)?;
             let mut stream = H2Stream::server(send, req.into_body());
             return self.copy(&mut stream, &mut backend, report, |s| s).await;
@@ -176,7 +182,12 @@ impl Tunnel {
         // From here the inner TLS carries half-closes (close_notify), so our
         // END_STREAM may wait for the client's; see `defer_end_stream`.
         tls.get_mut().0.defer_end_stream();
-        report.identity = tls::peer_identity(tls.get_ref().1);
+        // Authenticated: only now may the connection buffer at full windows.
+        self.conn.establish();
+        report.identity = tls::peer_identity(tls.get_ref().1).map(|mut id| {
+            id.matched = route.allow.matched_name(&id);
+            id
+        });
         if let Some(id) = &report.identity {
             tracing::Span::current().record("identity", field::display(id));
         }
@@ -216,7 +227,7 @@ impl Tunnel {
                 destination: sock
                     .peer_addr()
                     .map_err(|e| TunnelError::ProxyHeader(e.to_string()))?,
-                identity: identity.map(|id| id.primary().to_owned()),
+                identity: identity.map(|id| id.name().to_owned()),
                 tlvs: vec![],
             };
             let bytes = proxy_protocol::encode(&header)

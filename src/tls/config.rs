@@ -88,16 +88,14 @@ pub fn inner_client_config_pinned(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = if pin.is_any() {
-        builder.with_root_certificates(server_roots)
-    } else {
-        let webpki = WebPkiServerVerifier::builder_with_provider(server_roots, provider())
-            .build()
-            .context("building the server certificate verifier")?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { inner: webpki, pin }))
-    };
+    // Always our verifier, pin or not: it also refuses intermediates whose
+    // KeyUsage forbids signing certificates, which webpki does not check.
+    let webpki = WebPkiServerVerifier::builder_with_provider(server_roots, provider())
+        .build()
+        .context("building the server certificate verifier")?;
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinVerifier { inner: webpki, pin }));
     Ok(Arc::new(builder.with_client_cert_resolver(cert)))
 }
 

@@ -37,6 +37,41 @@ fn enforce(
     })
 }
 
+/// Refuses a chain whose intermediates include a CA certificate with a
+/// KeyUsage extension that lacks keyCertSign: RFC 5280 §4.2.1.3 says such a
+/// key must not sign certificates, and webpki ignores KeyUsage on CAs. Every
+/// intermediate the peer sent is checked (the verified path is not exposed),
+/// so a chain padded with such a certificate is refused too.
+fn check_issuers(intermediates: &[CertificateDer<'_>], what: &str) -> Result<(), rustls::Error> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    for der in intermediates {
+        let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) else {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
+        };
+        let signs = match cert.key_usage() {
+            Ok(Some(ku)) => ku.value.key_cert_sign(),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if !signs {
+            let subject = cert.subject().to_string();
+            warn!(
+                issuer = %subject,
+                "{what}: an intermediate CA's KeyUsage does not allow keyCertSign"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(std::io::Error::other(format!(
+                    "intermediate CA {subject:?} may not sign certificates \
+                     (KeyUsage without keyCertSign)"
+                )))),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Chain verification by webpki, then the identity allow-list.
 #[derive(Debug)]
 pub(super) struct AllowVerifier {
@@ -59,6 +94,7 @@ impl ClientCertVerifier for AllowVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|e| warn!(reason = %e, "client certificate rejected"))?;
+        check_issuers(intermediates, "client certificate rejected")?;
         enforce(&self.allow, end_entity, "client identity not allowed")?;
         Ok(verified)
     }
@@ -105,6 +141,7 @@ impl ServerCertVerifier for PinVerifier {
         let verified =
             self.inner
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        check_issuers(intermediates, "server certificate rejected")?;
         enforce(
             &self.pin,
             end_entity,

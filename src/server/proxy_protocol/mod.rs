@@ -61,7 +61,7 @@ pub struct Header {
     pub source: SocketAddr,
     /// The address the client connected to.
     pub destination: SocketAddr,
-    /// The verified client identity (its primary name), if any.
+    /// The verified client identity (the name the allow-list matched, else its primary name), if any.
     pub identity: Option<String>,
     /// Extra TLVs, written after the identity TLVs in this order. Types 0x20
     /// and 0xE0 are reserved for `identity` and refused by [`encode`].

@@ -1,0 +1,221 @@
+//! What one HTTP/2 connection may make the server buffer, before and after
+//! its tunnels authenticate.
+//!
+//! h2 buffers every DATA frame the peer's window allows until a tunnel
+//! reads it, and a tunnel in its inner handshake stops reading while its
+//! ServerHello cannot leave. So a peer with no certificate could pin the
+//! whole advertised window (once 8 MiB per stream, 32 MiB per connection)
+//! for the handshake timeout. A connection therefore starts small: a stream
+//! window of [`PREAUTH_STREAM_WINDOW`] and a connection window of
+//! [`PREAUTH_CONNECTION_WINDOW`], enough for ClientHellos and certificate
+//! chains. Each tunnel that authenticates (or, without inner TLS, that has
+//! its backend) earns the connection one full stream window, up to
+//! [`settings::CONNECTION_WINDOW`]; the first one raises the stream window
+//! to [`settings::STREAM_WINDOW`] (a stream window can only be widened by
+//! SETTINGS, for all streams at once: the connection window, earned only by
+//! authenticated tunnels, is what bounds the unauthenticated ones then).
+//!
+//! Every connection's window is also drawn from one process-wide
+//! [`Budget`] (`--buffer-budget`): a connection the budget cannot give its
+//! first window is closed, and a raise the budget cannot cover is partial.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::transport::settings;
+
+/// The stream window a connection starts with (the protocol default): a
+/// ClientHello and a client certificate chain fit with room to spare.
+pub const PREAUTH_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The connection window before any tunnel on it has authenticated: a few
+/// handshakes' worth, the most an unauthenticated peer can make one
+/// connection buffer.
+pub const PREAUTH_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// The receive window a connection carrying `established` authenticated
+/// tunnels gets: one full stream window each, capped.
+pub fn connection_window(established: usize) -> u32 {
+    let earned = u64::from(PREAUTH_CONNECTION_WINDOW)
+        + established as u64 * u64::from(settings::STREAM_WINDOW);
+    earned.min(u64::from(settings::CONNECTION_WINDOW)) as u32
+}
+
+/// The process-wide budget of receive-window bytes, shared by all connections.
+#[derive(Debug)]
+pub struct Budget {
+    left: Mutex<u64>,
+    total: u64,
+}
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        Budget {
+            left: Mutex::new(bytes),
+            total: bytes,
+        }
+    }
+
+    /// The whole budget.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Takes up to `want` bytes, returning what was taken.
+    fn take(&self, want: u64) -> u64 {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        let got = want.min(*left);
+        *left -= got;
+        got
+    }
+
+    fn give(&self, bytes: u64) {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        *left = (*left + bytes).min(self.total);
+    }
+}
+
+/// One connection's share of the budget, returned when dropped.
+#[derive(Debug)]
+pub struct Grant {
+    budget: Arc<Budget>,
+    held: u64,
+}
+
+impl Grant {
+    /// The first window of a new connection, or `None` if the budget cannot
+    /// cover it.
+    pub fn first(budget: &Arc<Budget>) -> Option<Grant> {
+        let want = u64::from(PREAUTH_CONNECTION_WINDOW);
+        let got = budget.take(want);
+        if got < want {
+            budget.give(got);
+            return None;
+        }
+        Some(Grant {
+            budget: budget.clone(),
+            held: got,
+        })
+    }
+
+    /// Moves the grant toward `want` bytes (never below the first window);
+    /// returns the window it now covers.
+    pub fn resize(&mut self, want: u32) -> u32 {
+        let want = u64::from(want.max(PREAUTH_CONNECTION_WINDOW));
+        if want > self.held {
+            self.held += self.budget.take(want - self.held);
+        } else {
+            self.budget.give(self.held - want);
+            self.held = want;
+        }
+        self.held as u32
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
+/// What the tunnels of one connection tell the task that drives it: how many
+/// requests are open (for the idle timeout) and how many tunnels have
+/// authenticated (for the windows).
+#[derive(Debug, Default)]
+pub struct Share {
+    open: AtomicUsize,
+    established: AtomicUsize,
+    changed: Notify,
+}
+
+impl Share {
+    /// Counts an open request until the guard drops.
+    pub fn opened(self: &Arc<Self>) -> Counted {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Counted {
+            share: self.clone(),
+            established: AtomicBool::new(false),
+        }
+    }
+
+    /// Requests open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Tunnels past authentication now.
+    pub fn established(&self) -> usize {
+        self.established.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next change to either count.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// One open request of a connection; marks its tunnel established once.
+#[derive(Debug)]
+pub struct Counted {
+    share: Arc<Share>,
+    established: AtomicBool,
+}
+
+impl Counted {
+    /// The tunnel has authenticated its client (or, without inner TLS, has
+    /// its backend): the connection may now widen its windows for it.
+    pub fn establish(&self) {
+        if !self.established.swap(true, Ordering::AcqRel) {
+            self.share.established.fetch_add(1, Ordering::AcqRel);
+            self.share.changed.notify_one();
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if *self.established.get_mut() {
+            self.share.established.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.share.open.fetch_sub(1, Ordering::AcqRel);
+        self.share.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_authenticated_tunnels_up_to_the_cap() {
+        assert_eq!(connection_window(0), PREAUTH_CONNECTION_WINDOW);
+        assert_eq!(
+            connection_window(1),
+            PREAUTH_CONNECTION_WINDOW + settings::STREAM_WINDOW
+        );
+        assert_eq!(connection_window(1000), settings::CONNECTION_WINDOW);
+    }
+
+    #[test]
+    fn the_budget_refuses_first_windows_it_cannot_cover_and_caps_raises() {
+        let budget = Arc::new(Budget::new(u64::from(PREAUTH_CONNECTION_WINDOW) * 3));
+        let mut a = Grant::first(&budget).expect("first");
+        let b = Grant::first(&budget).expect("second");
+        // A raise takes what is left, no more.
+        assert_eq!(
+            a.resize(connection_window(4)),
+            PREAUTH_CONNECTION_WINDOW * 2
+        );
+        assert!(Grant::first(&budget).is_none());
+        assert_eq!(a.resize(connection_window(0)), PREAUTH_CONNECTION_WINDOW);
+        drop(b);
+        let c = Grant::first(&budget).expect("after release");
+        let d = Grant::first(&budget).expect("after shrink");
+        assert!(Grant::first(&budget).is_none());
+        drop((a, c, d));
+        assert_eq!(*budget.left.lock().unwrap(), budget.total());
+    }
+}
