@@ -15,6 +15,7 @@ mod caddy;
 mod cli;
 mod doctor;
 mod faults;
+mod hardening;
 mod http;
 mod identity;
 mod integrity;

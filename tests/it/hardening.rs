@@ -4,20 +4,13 @@
 //! writer where h2 would refuse to send the request), against a real
 //! `postern server` child process whose memory is read from /proc.
 
-#[path = "common/child.rs"]
-mod child;
-mod common;
-#[path = "common/rawh2.rs"]
-mod rawh2;
-#[path = "common/trust.rs"]
-mod trust;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::harness::*;
+use crate::harness::{child, rawh2};
 use bytes::Bytes;
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +45,7 @@ async fn pin(addr: SocketAddr, pki: &Pki, streams: usize) -> Pinning {
         let _ = conn.await;
     });
     let mut client = client.ready().await.expect("h2 ready");
-    let config = trust::raw_client_config(pki, None);
+    let config = raw_client_config(pki, None);
     let mut sends = Vec::new();
     for _ in 0..streams {
         let req = http::Request::post("http://localhost/").body(()).unwrap();
@@ -109,7 +102,7 @@ async fn unauthenticated_peers_pin_at_most_one_mib_per_connection() {
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{}/", server.addr.port());
     let cflags = child::client_flags(&pki);
-    let client = start_client(&url, &trust::strs(&cflags), &shutdown).await;
+    let client = start_client(&url, &strs(&cflags), &shutdown).await;
     // Warm up: one real tunnel, so the baseline includes a used TLS stack.
     let data = random_bytes(1 << 20, 1);
     assert_eq!(round_trip(client, &data).await.unwrap(), data);
@@ -167,11 +160,11 @@ async fn in_process(
     backend: SocketAddr,
     extra: &[&str],
     shutdown: &CancellationToken,
-) -> trust::Server {
-    let mut flags = trust::inner_flags(pki);
+) -> Server {
+    let mut flags = server_flags(pki);
     flags.extend(["--backend".to_owned(), backend.to_string()]);
     flags.extend(extra.iter().map(|s| s.to_string()));
-    trust::Server::start(&trust::strs(&flags), shutdown).await
+    Server::start(&strs(&flags), shutdown).await
 }
 
 #[tokio::test]
@@ -210,9 +203,9 @@ async fn connect_without_authority_is_reset_as_malformed() {
         })
         .await;
     assert_eq!(seen.responses.get(&3), Some(&false));
-    let text = trust::scrape(server.config.metrics_addr.unwrap()).await;
+    let text = scrape(server.config.metrics_addr.unwrap()).await;
     assert_eq!(
-        trust::sample(&text, "postern_refusals_total{reason=\"malformed\"}"),
+        sample(&text, "postern_refusals_total{reason=\"malformed\"}"),
         Some(1.0),
         "{text}"
     );
@@ -242,8 +235,8 @@ async fn connections_beyond_max_connections_are_closed_and_counted() {
         seen.frames.is_empty(),
         "the third connection was served: {seen:?}"
     );
-    let text = trust::scrape(server.config.metrics_addr.unwrap()).await;
-    let get = |series: &str| trust::sample(&text, series);
+    let text = scrape(server.config.metrics_addr.unwrap()).await;
+    let get = |series: &str| sample(&text, series);
     assert_eq!(
         get("postern_connections_refused_total{reason=\"max_connections\"}"),
         Some(1.0),
@@ -254,8 +247,8 @@ async fn connections_beyond_max_connections_are_closed_and_counted() {
     drop(first);
     let mut gauge = 2.0;
     for _ in 0..600 {
-        let text = trust::scrape(server.config.metrics_addr.unwrap()).await;
-        gauge = trust::sample(&text, "postern_connections_open").unwrap_or(gauge);
+        let text = scrape(server.config.metrics_addr.unwrap()).await;
+        gauge = sample(&text, "postern_connections_open").unwrap_or(gauge);
         if gauge < 2.0 {
             break;
         }
@@ -293,7 +286,7 @@ async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
     // client recovers from the close once it is idle again.
     let client = start_client(
         &format!("http://127.0.0.1:{}/", server.addr.port()),
-        &trust::strs(&trust::client_flags(&pki, &[])),
+        &strs(&client_flags(&pki, &[])),
         &shutdown,
     )
     .await;
@@ -356,7 +349,7 @@ async fn tunnel_with(pki: &Pki) -> (Option<Vec<u8>>, postern::server::TunnelRepo
     let mut server = in_process(pki, backend.addr, &[], &shutdown).await;
     let client = start_client(
         &format!("http://127.0.0.1:{}/", server.addr.port()),
-        &trust::strs(&trust::client_flags(pki, &[])),
+        &strs(&client_flags(pki, &[])),
         &shutdown,
     )
     .await;
@@ -450,7 +443,7 @@ async fn the_san_that_matched_the_allow_list_is_logged_and_sent_in_the_proxy_hea
     let mut server = in_process(&pki, backend, &flags, &shutdown).await;
     let client = start_client(
         &format!("http://127.0.0.1:{}/", server.addr.port()),
-        &trust::strs(&trust::client_flags(&pki, &[])),
+        &strs(&client_flags(&pki, &[])),
         &shutdown,
     )
     .await;
@@ -546,7 +539,7 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{}/", server.addr.port());
     let cflags = child::client_flags(&pki);
-    let local = start_client(&url, &trust::strs(&cflags), &shutdown).await;
+    let local = start_client(&url, &strs(&cflags), &shutdown).await;
     let data = random_bytes(256 << 20, 3);
     let started = std::time::Instant::now();
     let back = round_trip(local, &data).await.unwrap();
