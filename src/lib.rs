@@ -31,6 +31,7 @@
 //! - [`doctor`]: the step-by-step preflight. [`demo`]: the whole path on
 //!   loopback, with the TLS-terminating front end it stands in for Cloud Run
 //!   with. [`bench`]: the benchmark.
+//! - [`logging`]: human or Cloud Logging JSON lines, trace headers.
 //! - [`signal`]: SIGTERM/SIGINT handling. `testing`: hooks for Postern's own
 //!   tests (hidden from the docs).
 
@@ -42,6 +43,7 @@ pub mod client;
 pub mod cmd;
 pub mod demo;
 pub mod doctor;
+pub mod logging;
 pub mod pki;
 pub mod server;
 pub mod signal;

@@ -45,6 +45,8 @@ use std::time::Duration;
 
 pub use cache::IdTokens;
 pub use error::TokenError;
+pub(crate) use metadata::project_id as metadata_project_id;
+pub(crate) use source::default_metadata_host;
 pub use source::TokenSource;
 
 /// A token is refreshed once it has less than this much validity left, so a
