@@ -10,7 +10,7 @@ mod token;
 pub use connector::{Connector, OpenError};
 pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
-pub use token::{IdTokens, TokenError, TokenSource};
+pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
