@@ -48,6 +48,7 @@
 //! - Tools: [`doctor`] (the step-by-step preflight), [`demo`] (the whole path
 //!   on loopback, with `front`, the TLS-terminating front end standing in for
 //!   Cloud Run), [`mod@bench`] (the benchmark).
+//! - [`logging`]: human or Cloud Logging JSON lines, trace headers.
 //! - [`signal`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
 //!   hooks for Postern's own tests, hidden from the docs.
 
@@ -59,6 +60,7 @@ pub mod client;
 pub mod cmd;
 pub mod demo;
 pub mod doctor;
+pub mod logging;
 pub mod pki;
 pub mod server;
 pub mod signal;

@@ -2,6 +2,7 @@
 //! runtime, run the subcommand, map its result to an exit code.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use postern::cmd::{self, Cli, Command, LogFormat};
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Demo(_) | Command::Doctor(_) | Command::Bench(_)
     );
-    init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
+    let log_format = cli.log_format.unwrap_or_else(LogFormat::default_here);
+    postern::logging::init(log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -29,6 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if log_format == LogFormat::Json {
+        // Trace names need the project; bounded so a slow metadata server
+        // delays start-up by seconds at most.
+        runtime.block_on(postern::logging::discover_project(Duration::from_secs(2)));
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await,
@@ -46,17 +53,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

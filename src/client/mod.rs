@@ -9,7 +9,8 @@ mod token;
 
 pub use connector::{Connector, OpenError};
 pub use target::Target;
-pub use token::{IdTokens, TokenError, TokenSource};
+pub(crate) use token::{default_metadata_host, metadata_project_id};
+pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn};
 
 use crate::transport::splice::{self, Totals};
@@ -63,11 +65,26 @@ impl Forward {
 /// streams per connection before the next worker gets any, so they share
 /// HTTP/2 connections as they would in a single pool; worker 0 uses
 /// `forward`'s own connector, the others a sibling each.
+/// Open tunnels are closed as soon as `shutdown` fires (see
+/// [`serve_draining`] for a grace period).
 /// Fails only if the worker threads cannot be started.
 pub async fn serve(
     listener: TcpListener,
     forward: Arc<Forward>,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_draining(listener, forward, shutdown, Duration::ZERO).await
+}
+
+/// Like [`serve`], but after `shutdown` the listener closes (new local
+/// connections are refused) and open tunnels get `drain_timeout` to end on
+/// their own before the rest are reset, as the server drains: restarting
+/// the client must not cut a database connection mid-query.
+pub async fn serve_draining(
+    listener: TcpListener,
+    forward: Arc<Forward>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     let workers = Workers::start(forward.workers, "postern-worker")
         .context("cannot start the worker threads")?;
@@ -75,27 +92,50 @@ pub async fn serve(
         .chain((1..workers.len()).map(|_| Arc::new(forward.for_worker())))
         .collect();
     let fill = forward.connector.max_streams();
-    loop {
-        let Some((sock, peer)) = crate::transport::accept::accept(&listener, &shutdown).await
-        else {
-            return Ok(());
-        };
+    let tracker = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+    while let Some((sock, peer)) = crate::transport::accept::accept(&listener, &shutdown).await {
         let index = workers.pick(fill);
         let forward = forwards[index].clone();
+        let (token, hard_stop) = (tracker.token(), hard_stop.clone());
         workers.run(
             index,
             sock,
             info_span!("tunnel", %peer),
-            move |sock| async move { forward.handle(sock).await },
+            move |sock| async move {
+                let _token = token;
+                forward.handle(sock, &hard_stop).await
+            },
         );
     }
+    drop(listener);
+    tracker.close();
+    if !tracker.is_empty() {
+        info!(tunnels = tracker.len(), drain_timeout = ?drain_timeout, "draining");
+    }
+    if tokio::time::timeout(drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            tunnels = tracker.len(),
+            "drain timeout: closing what is left"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    Ok(())
 }
 
 impl Forward {
-    async fn handle(&self, mut sock: TcpStream) {
+    async fn handle(&self, mut sock: TcpStream, hard_stop: &CancellationToken) {
         let _ = sock.set_nodelay(true);
         let started = Instant::now();
-        let (result, totals) = match self.tunnel(&mut sock).await {
+        let outcome = tokio::select! {
+            r = self.tunnel(&mut sock) => r,
+            _ = hard_stop.cancelled() => Err(anyhow::anyhow!("closed at the end of the drain")),
+        };
+        let (result, totals) = match outcome {
             Ok(totals) => (Ok(()), totals),
             Err(e) => {
                 // Whatever failed, the application must see its connection

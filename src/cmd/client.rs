@@ -87,6 +87,11 @@ pub struct Args {
     /// before the next gets any [default: one per CPU].
     #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Time open tunnels get to finish after SIGTERM or SIGINT, as the
+    /// server's --drain-timeout; new local connections are refused meanwhile.
+    /// `500ms`, `8s`, `1m`, a bare number is seconds; 0 = close at once.
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = parse_interval)]
+    pub drain_timeout: Duration,
 }
 
 impl Forward {
@@ -171,7 +176,8 @@ pub fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
     Ok(headers)
 }
 
-/// Runs `postern client` until SIGINT/SIGTERM (or, with --stdio, until the tunnel ends).
+/// Runs `postern client` until SIGINT/SIGTERM and the drain that follows
+/// (or, with --stdio, until the tunnel ends).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.stdio {
         let url = args.url.as_deref().unwrap_or_default();
@@ -205,11 +211,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {local}"))?;
         info!(listen = %listener.local_addr()?, %url, "client forwarding");
-        tasks.spawn(client::serve(listener, forward, shutdown.clone()));
+        tasks.spawn(client::serve_draining(
+            listener,
+            forward,
+            shutdown.clone(),
+            args.drain_timeout,
+        ));
     }
     while let Some(done) = tasks.join_next().await {
         done.context("a forward's task ended abnormally")??;
     }
+    info!("client stopped");
     Ok(())
 }
 
@@ -236,6 +248,13 @@ mod tests {
         assert_eq!(args.connect_timeout, Duration::from_secs(10));
         assert!(args.keepalive.is_zero(), "keepalive is off by default");
         assert!(parse(&["--keepalive", "0"]).unwrap().keepalive.is_zero());
+        assert_eq!(
+            args.drain_timeout,
+            Duration::from_secs(8),
+            "like the server"
+        );
+        let args = parse(&["--drain-timeout", "0"]).unwrap();
+        assert!(args.drain_timeout.is_zero());
     }
 
     #[test]

@@ -22,28 +22,16 @@ use crate::server;
 #[derive(Debug, Parser)]
 #[command(name = "postern", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log format: human-readable, or one JSON object per line (Cloud Logging).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "human",
-        env = "POSTERN_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    /// Log format: human-readable, or one JSON object per line (Cloud
+    /// Logging) [default: json on Cloud Run (K_SERVICE set), else human].
+    #[arg(long, global = true, value_enum, env = "POSTERN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Log output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// JSON lines.
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]

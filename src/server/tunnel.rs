@@ -65,7 +65,11 @@ impl Tunnel {
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let open = metrics.tunnel_opened();
-        let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty);
+        let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty, trace = field::Empty);
+        // Lines of this tunnel group with the front end's request log.
+        if let Some(id) = crate::logging::trace_id(req.headers()) {
+            span.record(crate::logging::TRACE_FIELD, id);
+        }
         let mut report = TunnelReport {
             identity: None,
             route: self.path.clone(),

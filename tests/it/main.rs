@@ -21,6 +21,7 @@ mod identity;
 mod integrity;
 mod lifecycle;
 mod limits;
+mod operations;
 mod pem;
 mod reload;
 mod routes;

@@ -56,6 +56,37 @@ pub enum TokenError {
         /// What is wrong with it (never the token itself).
         reason: String,
     },
+    /// A credentials file (service account key, user credentials) is unusable.
+    #[error("credentials file {}: {reason}", path.display())]
+    KeyFile {
+        /// The file as configured.
+        path: PathBuf,
+        /// What is wrong with it (never a value from it).
+        reason: String,
+    },
+    /// A Google endpoint (token endpoint, IAM Credentials) could not be
+    /// reached or spoke nonsense.
+    #[error("{name} {url}: {reason}")]
+    Endpoint {
+        /// Which endpoint.
+        name: &'static str,
+        /// Its URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A Google endpoint answered with a status other than 200.
+    #[error("{name} {url} answered HTTP {status}: {detail}")]
+    EndpointStatus {
+        /// Which endpoint.
+        name: &'static str,
+        /// Its URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The error description from the reply, shortened.
+        detail: String,
+    },
     /// The source did not answer in time.
     #[error("fetching a token from the {from} timed out after {after:?}")]
     Timeout {

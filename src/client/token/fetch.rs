@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::cache::{Cached, Shared};
 use super::command::run_command;
 use super::error::malformed;
+use super::google::{id_token_from_key, impersonate};
 use super::metadata::fetch_metadata;
 use super::{
     TokenError, TokenSource, MAX_LIFETIME, OPAQUE_LIFETIME, REFRESH_MARGIN, UNKNOWN_EXP_LIFETIME,
@@ -32,6 +33,15 @@ pub(super) async fn fetch(shared: &Shared) -> Result<Cached, TokenError> {
             (text, false)
         }
         TokenSource::Static(token) => (token.clone(), false),
+        TokenSource::ServiceAccount(sa) => (id_token_from_key(sa, &shared.audience).await?, true),
+        TokenSource::Impersonate {
+            target,
+            caller,
+            iam,
+        } => (
+            impersonate(caller, target, iam, &shared.audience).await?,
+            true,
+        ),
     };
     let token = token.trim();
     if token.is_empty() {

@@ -31,6 +31,35 @@ pub(super) async fn fetch_metadata(host: &str, audience: &str) -> Result<String,
     String::from_utf8(body).map_err(|_| malformed("metadata server", "the body is not UTF-8"))
 }
 
+/// Asks the metadata server which project this instance runs in (for the
+/// trace names in logs).
+pub(crate) async fn project_id(host: &str) -> Result<String, TokenError> {
+    let (status, body) = http_get(
+        host,
+        "/computeMetadata/v1/project/project-id",
+        &[("Metadata-Flavor", "Google")],
+    )
+    .await
+    .map_err(|reason| TokenError::Metadata {
+        host: host.to_owned(),
+        reason,
+    })?;
+    let project = String::from_utf8(body).unwrap_or_default();
+    let project = project.trim();
+    let valid = !project.is_empty()
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    if status != 200 || !valid {
+        return Err(TokenError::MetadataStatus {
+            host: host.to_owned(),
+            status,
+            detail: first_line(project.as_bytes()),
+        });
+    }
+    Ok(project.to_owned())
+}
+
 /// `host` or `host:port` (IPv6 in brackets) as a socket address string,
 /// defaulting to port 80.
 pub(super) fn with_default_port(host: &str) -> String {

@@ -11,7 +11,8 @@
 //! - `cache`: [`IdTokens`], the shared cache with its refresh policy;
 //! - `fetch`: one fetch from a source, and how long its token is kept;
 //! - `command`: running a token command; `metadata`: the metadata server's
-//!   client; `error`: [`TokenError`].
+//!   client; `google`: service account keys and impersonation (ADC) over
+//!   `https`, one HTTP/1.1 POST; `error`: [`TokenError`].
 //!
 //! # Why there is a small HTTP/1.1 client here
 //!
@@ -25,8 +26,9 @@
 //! request made once an hour.
 //!
 //! Google's own crates were considered and not used:
-//! `google-cloud-auth` 1.x needs a newer Rust than this package supports and
-//! brings `reqwest`, `google-cloud-gax` and a JWT stack of its own;
+//! `google-cloud-auth` 1.x cannot be pointed at a local token endpoint,
+//! needs Rust 1.91 and brings `reqwest`, `google-cloud-gax` and a JWT stack
+//! of its own (see `google`);
 //! `gcp_auth` 0.12 is built around OAuth access tokens for scopes (not ID
 //! tokens for an audience) and pulls in `hyper-rustls` with `ring`, a second
 //! crypto provider next to our `aws-lc-rs`. For one metadata GET, or running
@@ -36,6 +38,8 @@ mod cache;
 mod command;
 mod error;
 mod fetch;
+mod google;
+mod https;
 mod metadata;
 mod source;
 #[cfg(test)]
@@ -45,6 +49,9 @@ use std::time::Duration;
 
 pub use cache::IdTokens;
 pub use error::TokenError;
+pub use google::{Caller, ServiceAccount};
+pub(crate) use metadata::project_id as metadata_project_id;
+pub(crate) use source::default_metadata_host;
 pub use source::TokenSource;
 
 /// A token is refreshed once it has less than this much validity left, so a

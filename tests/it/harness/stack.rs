@@ -202,6 +202,8 @@ pub enum Front {
 /// A running server (and optionally front end) plus a client pointed at it.
 pub struct Stack {
     pub client: SocketAddr,
+    /// The `postern server` (h2c) behind any front end.
+    pub server: SocketAddr,
     pub caddy: Option<Caddy>,
     pub reports: Reports,
     pub shutdown: CancellationToken,
@@ -260,6 +262,7 @@ impl Stack {
         let client = start_client(&url, &strs(&flags), &shutdown).await;
         Stack {
             client,
+            server,
             caddy,
             reports,
             shutdown,
