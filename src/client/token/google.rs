@@ -103,6 +103,8 @@ pub fn adc_file() -> Option<PathBuf> {
 /// Reads a credentials file: a service account key or user credentials.
 /// Read once at start-up (the flag is checked before any tunnel). Errors
 /// name the file and the field, never a value from it.
+// Read at start-up, before any tunnel runs.
+#[allow(clippy::disallowed_methods)]
 pub fn load(path: &Path) -> Result<Caller, TokenError> {
     let bad = |reason: &str| TokenError::KeyFile {
         path: path.to_owned(),
