@@ -229,11 +229,25 @@ pub async fn stream_until(
 
 /// Opens an echo connection and times `samples` one-byte round trips (µs).
 pub async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
+    ping_pong_for(addr, samples, Duration::ZERO).await
+}
+
+/// Like [`ping_pong`], going on until `span` has passed as well (so that a
+/// bulk transfer beside it is measured over a useful window).
+pub async fn ping_pong_for(
+    addr: SocketAddr,
+    samples: usize,
+    span: Duration,
+) -> io::Result<Vec<f64>> {
     let (mut sock, _) = connect(addr).await?;
     sock.write_all(&[ECHO]).await?;
     let mut times = Vec::with_capacity(samples);
+    let begun = Instant::now();
     // One untimed round trip first: the tunnel's lazy set-up is not latency.
-    for i in 0..=samples {
+    for i in 0.. {
+        if i > samples && begun.elapsed() >= span {
+            break;
+        }
         let started = Instant::now();
         sock.write_all(b".").await?;
         if sock.read_u8().await? != b'.' {

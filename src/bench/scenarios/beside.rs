@@ -140,7 +140,9 @@ async fn measure(
     tokio::time::sleep(alone).await;
     let alone_rate = (moved() - c0) as f64 / t0.elapsed().as_secs_f64();
     let (c1, t1, cpu1) = (moved(), Instant::now(), cpu()?);
-    let samples = traffic::ping_pong(addr, pings).await.context("ping-pong")?;
+    let samples = traffic::ping_pong_for(addr, pings, alone)
+        .await
+        .context("ping-pong")?;
     let (bytes, span, cpu) = (moved() - c1, t1.elapsed(), cpu()? - cpu1);
     let rate = bytes as f64 / span.as_secs_f64();
     if task.is_finished() {
