@@ -28,8 +28,12 @@ use crate::cmd::bench::Args;
 pub enum Scenario {
     /// One tunnel: upload, then download, content verified; CPU per GB.
     Bulk,
-    /// 1-byte ping-pong, idle and beside a bulk tunnel.
+    /// 1-byte ping-pong on an idle connection.
     Latency,
+    /// 1-byte ping-pong on a tunnel sharing its HTTP/2 connection with a
+    /// bulk one (downloading, then uploading), at 0 ms and at the RTT, and
+    /// what the bulk keeps of its throughput alone.
+    Beside,
     /// Local connect to first byte, open and cold connection, 0 ms and RTT.
     Setup,
     /// New tunnels per second (connect, 1 byte each way, close).

@@ -16,6 +16,8 @@ use super::procs::{Pki, Proc};
 use super::report::{quantile, Report, Row};
 use super::{relay, traffic, Scenario, Sizes};
 
+mod beside;
+
 /// The running topology shared by the scenarios.
 struct Env<'a> {
     pki: Pki,
@@ -75,6 +77,7 @@ pub async fn run_all(
         let result = match scenario {
             Scenario::Bulk => bulk(&env, report).await,
             Scenario::Latency => latency(&env, report).await,
+            Scenario::Beside => beside::beside(&env, report).await,
             Scenario::Setup => setup(&env, report).await,
             Scenario::Rate => rate(&env, report).await,
             Scenario::RttBulk => rtt_bulk(&env, report).await,
@@ -125,16 +128,21 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             .with_context(|| format!("{dir} over raw TCP"))?;
         let metric = format!("{dir} {} MiB, verified", n >> 20);
         report.add(throughput_row("bulk", &metric, mbps(n, t), mbps(n, b)));
-        report.add(Row {
-            scenario: "bulk",
-            metric: format!("{dir} CPU, client + server"),
-            unit: "s/GB",
-            postern: Some(cpu / (n as f64 / 1e9)),
-            baseline: None,
-            note: format!("{:.0}% of a core", 100.0 * cpu / t.as_secs_f64()),
-        });
+        report.add(cpu_row("bulk", dir, cpu, n, t));
     }
     Ok(())
+}
+
+/// CPU seconds per GB of client and server for `bytes` moved in `t`.
+fn cpu_row(scenario: &'static str, what: &str, cpu: f64, bytes: u64, t: Duration) -> Row {
+    Row {
+        scenario,
+        metric: format!("{what} CPU, client + server"),
+        unit: "s/GB",
+        postern: Some(cpu / (bytes as f64 / 1e9).max(1e-9)),
+        baseline: None,
+        note: format!("{:.0}% of a core", 100.0 * cpu / t.as_secs_f64()),
+    }
 }
 
 async fn transfer(addr: SocketAddr, n: u64, up: bool) -> std::io::Result<Duration> {
@@ -146,38 +154,19 @@ async fn transfer(addr: SocketAddr, n: u64, up: bool) -> std::io::Result<Duratio
 }
 
 async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
-    for loaded in [false, true] {
-        let mut results = Vec::new();
-        for addr in [env.client.addr, env.backend] {
-            let stop = env.stop.child_token();
-            let load = if loaded {
-                Some(start_streams(addr, 1, &stop).await?)
-            } else {
-                None
-            };
-            let samples = traffic::ping_pong(addr, env.sizes.pings).await;
-            stop.cancel();
-            if let Some((_, tasks)) = load {
-                for t in tasks {
-                    let _ = t.await;
-                }
-            }
-            results.push(samples.context("ping-pong")?);
-        }
-        let label = if loaded { "beside bulk" } else { "idle" };
-        let [mut p, mut b] = <[Vec<f64>; 2]>::try_from(results)
-            .map_err(|_| anyhow::anyhow!("ping-pong results missing"))?;
-        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-            let (pq, bq) = (quantile(&mut p, q), quantile(&mut b, q));
-            report.add(Row {
-                scenario: "latency",
-                metric: format!("1-byte round trip {name}, {label}"),
-                unit: "µs",
-                postern: Some(pq),
-                baseline: Some(bq),
-                note: format!("+{:.0} µs", pq - bq),
-            });
-        }
+    let p = traffic::ping_pong(env.client.addr, env.sizes.pings).await;
+    let b = traffic::ping_pong(env.backend, env.sizes.pings).await;
+    let (mut p, mut b) = (p.context("ping-pong")?, b.context("ping-pong")?);
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let (pq, bq) = (quantile(&mut p, q), quantile(&mut b, q));
+        report.add(Row {
+            scenario: "latency",
+            metric: format!("1-byte round trip {name}, idle"),
+            unit: "µs",
+            postern: Some(pq),
+            baseline: Some(bq),
+            note: format!("+{:.0} µs", pq - bq),
+        });
     }
     Ok(())
 }
@@ -196,7 +185,7 @@ async fn start_streams(
         .map(|c| {
             let (c, stop) = (c.clone(), stop.clone());
             tokio::spawn(async move {
-                let _ = traffic::stream_until(addr, c, stop).await;
+                let _ = traffic::stream_until(addr, c, stop, false).await;
             })
         })
         .collect::<Vec<_>>();
@@ -332,14 +321,19 @@ async fn rtt_bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     traffic::quick_exchange(client.addr).await?;
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
+        let cpu =
+            || -> anyhow::Result<f64> { Ok(client.cpu_seconds()? + env.server.cpu_seconds()?) };
+        let cpu0 = cpu()?;
         let t = transfer(client.addr, n, up)
             .await
             .with_context(|| format!("{dir} through postern"))?;
+        let cpu = cpu()? - cpu0;
         let b = transfer(to_backend, n, up)
             .await
             .with_context(|| format!("{dir} over raw TCP"))?;
         let metric = format!("{dir} {} MiB at {} ms RTT", n >> 20, env.rtt.as_millis());
         report.add(throughput_row("rtt-bulk", &metric, mbps(n, t), mbps(n, b)));
+        report.add(cpu_row("rtt-bulk", dir, cpu, n, t));
     }
     Ok(())
 }
@@ -347,6 +341,7 @@ async fn rtt_bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
 async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     const N: usize = 8;
     let mut figures = Vec::new();
+    let mut cpu = (0.0, 0, Duration::ZERO);
     for addr in [env.client.addr, env.backend] {
         let stop = env.stop.child_token();
         let (counts, tasks) = start_streams(addr, N, &stop).await?;
@@ -354,11 +349,11 @@ async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             c.iter().map(|c| c.load(Ordering::Relaxed)).collect()
         };
         let before = snap(&counts);
-        let started = Instant::now();
+        let (started, cpu0) = (Instant::now(), env.cpu()?);
         // The measurement window itself, not a synchronisation.
         tokio::time::sleep(env.sizes.fair_for).await;
         let after = snap(&counts);
-        let span = started.elapsed();
+        let (span, cpu1) = (started.elapsed(), env.cpu()?);
         stop.cancel();
         for t in tasks {
             let _ = t.await;
@@ -367,6 +362,9 @@ async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         let total: u64 = deltas.iter().sum();
         let slowest = deltas.iter().copied().min().unwrap_or(0);
         let share = 100.0 * slowest as f64 * N as f64 / total.max(1) as f64;
+        if figures.is_empty() {
+            cpu = (cpu1 - cpu0, total, span);
+        }
         figures.push((mbps(total, span), share));
     }
     let ((p, ps), (b, bs)) = (figures[0], figures[1]);
@@ -376,6 +374,7 @@ async fn fairness(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         p,
         b,
     ));
+    report.add(cpu_row("fairness", "8 downloads", cpu.0, cpu.1, cpu.2));
     report.add(Row {
         scenario: "fairness",
         metric: "slowest of 8, share of fair".into(),

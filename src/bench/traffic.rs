@@ -190,16 +190,30 @@ pub async fn download(addr: SocketAddr, n: u64) -> io::Result<Duration> {
     Ok(elapsed)
 }
 
-/// Downloads without end, adding to `count`, until `stop`.
+/// Downloads (or, with `up`, uploads) without end, adding the bytes moved
+/// to `count`, until `stop`.
 pub async fn stream_until(
     addr: SocketAddr,
     count: Arc<AtomicU64>,
     stop: CancellationToken,
+    up: bool,
 ) -> io::Result<()> {
     let (mut sock, _) = connect(addr).await?;
-    let mut head = vec![DOWNLOAD];
+    let mut head = vec![if up { UPLOAD } else { DOWNLOAD }];
     head.extend_from_slice(&u64::MAX.to_le_bytes());
     sock.write_all(&head).await?;
+    if up {
+        let mut sent = 0u64;
+        loop {
+            let chunk = pattern_at(sent, CHUNK);
+            let k = tokio::select! {
+                r = sock.write(chunk) => r?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            sent += k as u64;
+            count.fetch_add(k as u64, Ordering::Relaxed);
+        }
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         let k = tokio::select! {
@@ -215,11 +229,25 @@ pub async fn stream_until(
 
 /// Opens an echo connection and times `samples` one-byte round trips (µs).
 pub async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
+    ping_pong_for(addr, samples, Duration::ZERO).await
+}
+
+/// Like [`ping_pong`], going on until `span` has passed as well (so that a
+/// bulk transfer beside it is measured over a useful window).
+pub async fn ping_pong_for(
+    addr: SocketAddr,
+    samples: usize,
+    span: Duration,
+) -> io::Result<Vec<f64>> {
     let (mut sock, _) = connect(addr).await?;
     sock.write_all(&[ECHO]).await?;
     let mut times = Vec::with_capacity(samples);
+    let begun = Instant::now();
     // One untimed round trip first: the tunnel's lazy set-up is not latency.
-    for i in 0..=samples {
+    for i in 0.. {
+        if i > samples && begun.elapsed() >= span {
+            break;
+        }
         let started = Instant::now();
         sock.write_all(b".").await?;
         if sock.read_u8().await? != b'.' {

@@ -264,7 +264,9 @@ impl Connector {
                 addr: addr.clone(),
                 reason,
             })?;
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::transport::socket::tune_outer(&tcp) {
+            debug!(error = %e, "cannot set the outer socket's options");
+        }
         match (&self.outer, self.target.tls) {
             (Some(outer), true) => {
                 let host = self.target.host.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::bench::Scenario;
 use crate::cmd::duration::parse_interval;
 
-/// `postern bench`: throughput, latency, set-up time, tunnel rate, memory and fairness.
+/// `postern bench`: throughput, latency (idle and beside a bulk tunnel), set-up time, tunnel rate, memory and fairness.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Smaller sizes and counts: finishes in under a minute.

@@ -100,7 +100,9 @@ async fn connection(
     grant: Grant,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    sock.set_nodelay(true)?;
+    if let Err(e) = crate::transport::socket::tune_outer(&sock) {
+        debug!(error = %e, "cannot set the outer socket's options");
+    }
     let limit = config.limits.handshake_timeout;
     // The outer config is taken per connection: a reload applies to new connections.
     let outer = config.live.material().outer.clone();

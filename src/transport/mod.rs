@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod settings;
+pub mod socket;
 pub mod splice;
 pub mod stream;
 pub mod workers;

@@ -24,9 +24,15 @@ use h2::{Reason, RecvStream, SendStream};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The largest slice handed to h2 per write. TLS records are at most ~16 KiB,
-/// so this only matters for plain tunnels, where it bounds one DATA burst.
-const MAX_WRITE: usize = 256 * 1024;
+/// The largest slice handed to h2 per write, and so the largest DATA frame
+/// a tunnel sends. h2 takes turns between the streams of a connection one
+/// frame at a time, so this is what a small write on another tunnel finds
+/// ahead of it once the socket has room: the frame in flight and one more
+/// (`tests/scheduling.rs` counts them). At 256 KiB a bulk tunnel's whole
+/// send buffer (400 KiB) went out before a neighbour's one byte; at 64 KiB
+/// two frames do and the rest waits. It still coalesces four 16 KiB TLS
+/// records per frame.
+const MAX_WRITE: usize = 64 * 1024;
 
 /// The receiving half: either still waiting for the response headers (client
 /// side, which writes before the `200` arrives) or reading the body.
