@@ -25,5 +25,6 @@ mod operations;
 mod pem;
 mod reload;
 mod routes;
+mod scheduling;
 mod tokens;
 mod tunnel;
