@@ -18,10 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::client::{self, Forward};
 use crate::authz::identity::PeerIdentity;
-use crate::transport::stream::H2Stream;
+use crate::client::{self, Forward};
 use crate::tls;
+use crate::transport::stream::H2Stream;
 
 /// `postern doctor`: check every step from here to the backend.
 #[derive(Debug, clap::Args)]

@@ -43,6 +43,7 @@ pub mod demo;
 pub mod doctor;
 pub mod pki;
 pub mod server;
+pub mod session;
 pub mod signal;
 pub mod tls;
 pub mod transport;

@@ -6,10 +6,10 @@ mod common;
 mod trust;
 
 use common::*;
-use postern::pki::LeafSpec;
 use postern::cmd::parse_args;
-use postern::server::proxy_protocol;
+use postern::pki::LeafSpec;
 use postern::server;
+use postern::server::proxy_protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

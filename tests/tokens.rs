@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
-use postern::server::backend::BANNER;
-use postern::tls::{self, CertSlot};
 use postern::demo::front;
+use postern::server::backend::BANNER;
 use postern::tls::pem;
+use postern::tls::{self, CertSlot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use postern::server::backend::BANNER;
-use postern::client::Forward;
 use postern::client::connector::{Connector, Target};
-use postern::tls::pem;
+use postern::client::Forward;
+use postern::server::backend::BANNER;
 use postern::tls;
+use postern::tls::pem;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -25,7 +25,9 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::transport::stream::{H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::stream::{
+    H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW,
+};
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
 use crate::client::connector::{Connector, Target};
+use crate::client::token::{IdTokens, TokenSource};
 use crate::tls::pem;
 use crate::tls::{self, CertSlot};
-use crate::client::token::{IdTokens, TokenSource};
 use crate::transport::splice::{self, Totals};
 use crate::transport::workers::Workers;
 

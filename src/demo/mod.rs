@@ -19,11 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::backend::{self, Mode, BANNER};
-use crate::pki::{self, KeyAlg, LeafSpec};
 use crate::cmd::parse_args;
-use crate::tls::{self, CertSlot};
+use crate::pki::{self, KeyAlg, LeafSpec};
+use crate::server::backend::{self, Mode, BANNER};
 use crate::tls::pem;
+use crate::tls::{self, CertSlot};
 use crate::{client, server};
 
 /// `postern demo`: run the whole path locally and print what each hop does.

@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn};
 
-use crate::server::metrics::Metrics;
 use crate::authz::policy::{Allow, Routes};
-use crate::server::reload::{InnerFiles, Live, RouteSource, Sources};
 pub use crate::server::args::{parse_duration, Args};
+use crate::server::metrics::Metrics;
+use crate::server::reload::{InnerFiles, Live, RouteSource, Sources};
 use crate::server::tunnel::TunnelReport;
 use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use crate::transport::workers::Workers;
@@ -205,7 +205,8 @@ pub async fn serve(
             .watch(config.watch_interval, shutdown.clone()),
     );
     loop {
-        let Some((sock, peer)) = crate::transport::splice::accept(&listener, &shutdown).await else {
+        let Some((sock, peer)) = crate::transport::splice::accept(&listener, &shutdown).await
+        else {
             break;
         };
         let config = config.clone();

@@ -27,9 +27,9 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::authz::policy::{self, Allow, Routes};
 use crate::server::metrics::Metrics;
 use crate::tls::pem;
-use crate::authz::policy::{self, Allow, Routes};
 use crate::tls::{self, CertSlot};
 
 /// Everything a tunnel needs that can change on reload.

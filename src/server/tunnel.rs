@@ -22,11 +22,11 @@ use crate::authz::identity::PeerIdentity;
 use crate::authz::policy::Route;
 use crate::server::proxy_protocol;
 use crate::server::reload::Material;
+use crate::server::watchdog::{self, Activity, Expired, Metered};
 use crate::server::{reply, Config};
-use crate::transport::stream::H2Stream;
 use crate::tls::{self, HandshakeFailure};
 use crate::transport::splice::{self, Totals};
-use crate::server::watchdog::{self, Activity, Expired, Metered};
+use crate::transport::stream::H2Stream;
 
 /// Why a tunnel ended, or why it never carried bytes.
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern::pki::{self, Ca, Issued, KeyAlg, LeafSpec};
 use postern::cmd::parse_args;
-use postern::server::tunnel::TunnelReport;
-use postern::tls::{self, CertSlot};
 use postern::demo::front;
+use postern::pki::{self, Ca, Issued, KeyAlg, LeafSpec};
+use postern::server::tunnel::TunnelReport;
 use postern::tls::pem;
+use postern::tls::{self, CertSlot};
 use postern::{client, server};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,7 +143,9 @@ impl TestBackend {
                             }
                         }
                         Backend::Banner => {
-                            let _ = sock.write_all(postern::server::backend::BANNER.as_bytes()).await;
+                            let _ = sock
+                                .write_all(postern::server::backend::BANNER.as_bytes())
+                                .await;
                             let _ = sock.shutdown().await;
                         }
                     }

@@ -8,14 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern::pki::Issued;
-use postern::cmd::parse_args;
-use postern::client::Forward;
 use postern::client::connector::{Connector, Target};
-use postern::server::{self, Config};
+use postern::client::Forward;
+use postern::cmd::parse_args;
+use postern::pki::Issued;
 use postern::server::tunnel::TunnelReport;
-use postern::transport::stream::H2Stream;
+use postern::server::{self, Config};
 use postern::tls::{self, pem};
+use postern::transport::stream::H2Stream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::AsyncReadExt;
