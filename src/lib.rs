@@ -4,34 +4,52 @@
 //! # The path a byte takes
 //!
 //! ```text
-//! app ─TCP─▶ client::serve ─▶ Forward::tunnel ─▶ client::connector::Connector::open ─▶ transport::stream::H2Stream
-//!            (one task per        (inner mTLS          (pooled HTTP/2 connections,    (h2 stream as
-//!             local socket)        client, tls)         outer TLS, POST per tunnel)    AsyncRead/Write)
-//!   ══ front end (Cloud Run, or demo::front in the demo) ══ h2c ══▶
-//! server::serve ─▶ server::request ─▶ server::tunnel::run ─▶ transport::splice::splice ─TCP─▶ backend
-//! (h2 connections,   (healthz, 404/405,   (answer 200, inner mTLS       (bidirectional copy
-//!  drain on SIGTERM)  limits)              server + identity check,      with half-close)
-//!                                          then dial the backend)
+//! app ─TCP─▶ client::Forward ─▶ inner TLS client ─▶ client::Connector::open ─▶ transport::stream::H2Stream
+//!            (one task per       (tls::config)       (pooled HTTP/2 connections,  (an h2 stream as
+//!             local socket)                          outer TLS, POST per tunnel)   AsyncRead/Write)
+//!   ══ front end (Cloud Run, or demo::front) ══ h2c ══▶
+//! server::serve ─▶ server::request ─▶ server::tunnel ─────────────────▶ transport::splice ─TCP─▶ backend
+//! (accept loop,     (healthz, 404/405,  (answer 200, inner TLS server,     (bidirectional copy
+//!  h2 connections,   limits)             identity checked in the verifier,  with half-close)
+//!  drain)                                then dial the backend)
 //! ```
 //!
-//! # Modules
+//! # Layout: one folder per layer
 //!
-//! - [`cmd`]: the `postern` command and its subcommands.
-//! - [`transport`]: the byte path below the TLS layers — an HTTP/2 stream as
-//!   a byte stream, the bidirectional copy, the worker runtimes.
-//! - [`tls`]: rustls configurations for the outer and inner layers, the
-//!   identity-checking verifiers, swappable certificates, PEM loading.
-//! - [`authz`]: the peer's verified identity, identity patterns, allow-lists, routes.
-//! - [`server`]: `postern server` — connections, request dispatch, one
-//!   tunnel from the `200` to the backend, reload, watchdog, metrics, PROXY
-//!   headers, built-in backends.
-//! - [`client`]: `postern client` — local listeners, the connection pool
-//!   (`connector`), Google ID tokens (`token`).
-//! - [`pki`]: certificate issuance (rcgen) for `postern certs`, the demo and the tests.
-//! - [`doctor`]: the step-by-step preflight. [`demo`]: the whole path on
-//!   loopback, with the TLS-terminating front end it stands in for Cloud Run
-//!   with. [`bench`]: the benchmark.
-//! - [`signal`]: SIGTERM/SIGINT handling.
+//! - `main.rs` parses, sets up logging and the runtime, and maps errors to
+//!   an exit code. [`cmd`]: the clap types — `Cli`, `Command`, one file per
+//!   subcommand's `Args` (and its `run` where that is a thin adapter),
+//!   `duration` (the one duration parser), `parse` (flags from an argv, for
+//!   the demo, bench and tests).
+//! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
+//!   byte stream: flow control, half-close, resets), `settings` (the one
+//!   place for windows, frame and header sizes), `splice` (the
+//!   bidirectional copy and its counts), `accept` (the one accept loop),
+//!   `workers` (single-threaded runtimes; a connection and all it carries
+//!   stay on one).
+//! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner
+//!   rustls configs), `verify` (identity-checking verifiers), `slot`
+//!   (swappable certificates), `failure` (classified handshake failures),
+//!   `pem` (loading and checking PEM files).
+//! - [`authz`]: `identity` (the peer's verified identity), `pattern`
+//!   (identity patterns), `allow` (allow-lists).
+//! - [`server`]: `args`, `config`, `serve` (connections and drain),
+//!   `request` (dispatch), `reply`, `tunnel` (one tunnel from the `200` to
+//!   the backend), `report` (its summary line), `watchdog` (idle timeout,
+//!   lifetime), `routes` and `config_file` (routing by path and SNI),
+//!   `reload` (material swapped on SIGHUP or file change), `metrics`,
+//!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends).
+//! - [`client`]: `Forward` and the local listeners (`mod.rs`), `connector`
+//!   (the pool of HTTP/2 connections), `target` (the parsed `--url`),
+//!   `token/` (Google ID tokens: sources, cache, metadata server, command).
+//! - [`pki`]: certificate issuance (rcgen) — `ca`, `leaf`, `crl`, `files`
+//!   (0600 key files and the flags that use a certificate directory) — for
+//!   `postern certs`, the demo, the bench and the tests.
+//! - Tools: [`doctor`] (the step-by-step preflight), [`demo`] (the whole path
+//!   on loopback, with `front`, the TLS-terminating front end standing in for
+//!   Cloud Run), [`mod@bench`] (the benchmark).
+//! - [`signal`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
+//!   hooks for Postern's own tests, hidden from the docs.
 
 #![forbid(unsafe_code)]
 
@@ -45,5 +63,7 @@ pub mod pki;
 pub mod server;
 pub mod session;
 pub mod signal;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod transport;

@@ -1,7 +1,10 @@
+//! The `postern` binary: parse the command line, set up logging and the
+//! runtime, run the subcommand, map its result to an exit code.
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use postern::cmd::{Cli, Command, LogFormat};
+use postern::cmd::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,7 +14,7 @@ fn main() -> ExitCode {
     ) {
         // Every tunnel holds sockets; the default soft limit (often 1024)
         // would cap a process at a few hundred tunnels.
-        postern::bench::raise_fd_limit();
+        postern::transport::accept::raise_fd_limit();
     }
     // The demo, doctor and bench speak through stdout; logs would clutter it.
     let quiet = matches!(
@@ -28,11 +31,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Demo(args) => postern::demo::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
             Command::Server(args) => postern::server::run(args).await,
-            Command::Client(args) => postern::client::run(args).await,
-            Command::Certs(args) => postern::pki::run(args),
-            Command::Backend(args) => postern::server::backend::run(args).await,
+            Command::Client(args) => cmd::client::run(args).await,
+            Command::Certs(args) => cmd::certs::run(args),
+            Command::Backend(args) => cmd::backend::run(args).await,
             Command::Doctor(args) => postern::doctor::run(args).await,
             Command::Bench(args) => postern::bench::run(args).await,
         }

@@ -18,18 +18,46 @@ pub fn shutdown_token() -> CancellationToken {
 
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can still be stopped by the default action.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    use tokio::signal::unix::SignalKind;
+    let mut heard = listen(&[
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ]);
+    match heard.recv().await {
+        Some(name) => name,
+        // Nothing could be registered: the default actions still stop us.
+        None => std::future::pending().await,
     }
+}
+
+/// Registers each of `signals` on its own and yields the name of each one
+/// received. Once tokio has installed a handler for a signal its default
+/// action is gone, so a failure to register one signal must not stop us
+/// listening for the others (a process deaf to SIGTERM would only die at
+/// Cloud Run's SIGKILL). A signal that cannot be registered keeps its
+/// default action. The channel closes when none could be registered.
+#[cfg(unix)]
+fn listen(
+    signals: &[(tokio::signal::unix::SignalKind, &'static str)],
+) -> tokio::sync::mpsc::Receiver<&'static str> {
+    use tokio::signal::unix::signal;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    for &(kind, name) in signals {
+        match signal(kind) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(name).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(signal = name, error = %e, "cannot install a signal handler"),
+        }
+    }
+    rx
 }
 
 #[cfg(not(unix))]
@@ -56,3 +84,31 @@ pub fn on_hangup(reload: impl Fn() + Send + 'static) {
 /// No SIGHUP here: reload only when files change.
 #[cfg(not(unix))]
 pub fn on_hangup(_reload: impl Fn() + Send + 'static) {}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::signal::unix::SignalKind;
+
+    use super::listen;
+
+    /// SIGKILL can never be handled, so its registration fails; the signal
+    /// registered beside it must still be heard.
+    #[tokio::test]
+    async fn one_failed_registration_leaves_the_others_listening() {
+        let mut heard = listen(&[
+            (SignalKind::from_raw(9), "SIGKILL"),
+            (SignalKind::user_defined1(), "SIGUSR1"),
+        ]);
+        let status = std::process::Command::new("kill")
+            .args(["-USR1", &std::process::id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let name = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("the SIGUSR1 handler never fired");
+        assert_eq!(name, Some("SIGUSR1"));
+    }
+}

@@ -5,6 +5,8 @@
 //! peak memory stays bounded, and where the server has a limit the attacking
 //! connection or stream is closed.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 #[path = "common/child.rs"]
 mod child;
 mod common;

@@ -2,6 +2,8 @@
 //! client processes; the JSON must carry positive figures for both Postern
 //! and the raw TCP baseline (no timing thresholds: the machine is shared).
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 use std::process::Command;
 
 #[test]

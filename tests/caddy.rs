@@ -2,6 +2,8 @@
 //! playing Cloud Run: TCP -> postern client -> TLS + h2 (Caddy) -> h2c ->
 //! postern server -> backend. Skipped, loudly, when `caddy` is not installed.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::net::SocketAddr;
 use common::caddy::{self, Caddy};
 use common::*;
 use postern::server::backend::BANNER;
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

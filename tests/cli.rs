@@ -1,6 +1,8 @@
 //! The `postern` binary as a user runs it: the demo, `certs`, several
 //! forwards from one client, `--stdio`, and one-line errors for bad input.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::process::Stdio;

@@ -1,6 +1,8 @@
 //! `postern doctor` (the real binary) against a healthy local path and
 //! against each kind of misconfiguration it should explain.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! restarts. Nothing may hang, errors must be clean, and after many
 //! open/close cycles the server's descriptors and memory return to baseline.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 #[path = "common/child.rs"]
 mod child;
 mod common;

@@ -2,6 +2,8 @@
 //! checks, refusals of non-tunnel requests (with no backend connection), and
 //! CONNECT tunnels.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! allow-list, and one client per case. Refused cases must never reach the
 //! backend, and the server's report must name the reason.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;

@@ -3,6 +3,8 @@
 //! patterns, some half-closing early and reading on, each checked by SHA-256
 //! in both directions.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //! server behind it restarts, a front end ending a tunnel at its request
 //! timeout, and HTTP/2 keepalive through Caddy.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use common::caddy::{self, Caddy, Options};
 use common::*;
 use postern::cmd::parse_args;
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use postern::{client, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -125,7 +127,7 @@ async fn client_with_pool(
     argv.extend(inner_client_flags(pki));
     argv.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let args: client::Args = parse_args("client", &argv).expect("client flags");
+    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
     let forward = Arc::new(client::Forward::from_args(&args, url).expect("client config"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
     let addr = listener.local_addr().expect("addr");
@@ -150,8 +152,7 @@ async fn server_on(
     let mut config = server::Config::from_args(&args, shutdown)
         .await
         .expect("server config");
-    let (tx, rx) = mpsc::unbounded_channel();
-    config.reports = Some(tx);
+    let rx = postern::testing::tunnel_reports(&mut config);
     let mut listener = None;
     let bound = poll(|| {
         let ok = std::net::TcpListener::bind(("127.0.0.1", port));
@@ -321,7 +322,7 @@ async fn client_redials_after_caddy_is_killed_or_stopped() {
     // SIGKILL: the pooled connection dies without a GOAWAY. Once the client
     // has noticed, a tunnel opened after the restart must dial afresh.
     caddy.kill().await;
-    let noticed = poll(|| async { forward.connector.connections().await == 0 });
+    let noticed = poll(|| async { postern::testing::connections(&forward.connector).await == 0 });
     assert!(noticed.await, "client kept a dead connection in its pool");
     let caddy = Caddy::start_with(&pki, server, port, &opts).await;
     finish(open_echo(client, 2).await).await;
@@ -376,7 +377,7 @@ async fn server_restart_behind_caddy_keeps_open_tunnels_and_takes_new_ones() {
         .expect("join")
         .expect("serve");
     // GOAWAY went to Caddy, not to the client: its connection lived on.
-    assert_eq!(forward.connector.connections().await, 1);
+    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
     new.cancel();
     shutdown.cancel();
 }
@@ -432,7 +433,7 @@ async fn keepalive_pings_are_answered_through_caddy() {
     // the connection (and this tunnel) after two intervals.
     let pongs = poll(|| async { caddy.log().matches("wrote PING flags=ACK").count() >= 3 });
     assert!(pongs.await, "no PING answered:\n{}", caddy.log());
-    assert_eq!(forward.connector.connections().await, 1);
+    assert_eq!(postern::testing::connections(&forward.connector).await, 1);
     echo(&mut sock, 2).await;
     finish(sock).await;
     shutdown.cancel();

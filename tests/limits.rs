@@ -1,6 +1,8 @@
 //! Per-tunnel limits (idle timeout, maximum lifetime, header size) and the
 //! Prometheus metrics that count tunnels, bytes, refusals and failures.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;

@@ -2,6 +2,8 @@
 //! SEC1 and PKCS#1 keys, chains, and a tunnel that runs on them; plus the
 //! start-up checks that name a bad file.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::process::Command;

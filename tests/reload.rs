@@ -2,13 +2,15 @@
 //! certificate serves new tunnels while an open one keeps working, and a
 //! garbage file is rejected while the previous certificate keeps serving.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;
 
 use common::*;
 use postern::pki::LeafSpec;
-use postern::server::reload::ReloadStatus;
+use postern::server::ReloadStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,8 @@
 //! Routes from `--config`: by path and by inner SNI, each with its own
 //! allow-list and backend; PROXY protocol v2 to the backend.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 #[path = "common/trust.rs"]
 mod trust;
@@ -9,7 +11,7 @@ use common::*;
 use postern::cmd::parse_args;
 use postern::pki::LeafSpec;
 use postern::server;
-use postern::server::proxy_protocol;
+use postern::testing::proxy_protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -2,6 +2,8 @@
 //! acting like Cloud Run's IAM check demands. Tokens come from a fake
 //! metadata server or a fake token command, and are cached across tunnels.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::net::SocketAddr;
@@ -11,7 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
-use postern::demo::front;
 use postern::server::backend::BANNER;
 use postern::tls::pem;
 use postern::tls::{self, CertSlot};
@@ -62,7 +63,7 @@ async fn private_service(
     let config = tls::outer_server_config(CertSlot::new(key)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(front::serve_private(
+    tokio::spawn(postern::testing::serve_private(
         listener,
         config,
         server,

@@ -1,13 +1,14 @@
 //! End-to-end tunnels through the real stack: TCP -> postern client -> TLS
 //! front end -> h2c -> postern server -> backend, on loopback.
 
+#![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
+
 mod common;
 
 use std::sync::Arc;
 
 use common::*;
-use postern::client::connector::{Connector, Target};
-use postern::client::Forward;
+use postern::client::{Connector, Forward, Target};
 use postern::server::backend::BANNER;
 use postern::tls;
 use postern::tls::pem;

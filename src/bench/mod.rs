@@ -5,44 +5,23 @@
 //! relay emulates a round-trip time. Every scenario also measures raw TCP
 //! through the same backend (and relay), so ratios hold on a noisy machine.
 
+// The benchmark's driver writes its report once, after the measurements.
+#![allow(clippy::disallowed_methods)]
+
 mod procs;
 mod relay;
 mod report;
 mod scenarios;
 mod traffic;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use procs::raise_fd_limit;
 pub use report::{Report, Row};
 
-/// `postern bench`: throughput, latency, set-up time, tunnel rate, memory and fairness.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Smaller sizes and counts: finishes in under a minute.
-    #[arg(long)]
-    pub quick: bool,
-    /// Also write the figures to this file as JSON.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Round-trip time the relay emulates for the RTT scenarios, in ms.
-    #[arg(long, default_value_t = 20)]
-    pub rtt_ms: u64,
-    /// Run only these scenarios [default: all].
-    #[arg(long = "scenario", value_enum, num_args = 1..)]
-    pub scenarios: Vec<Scenario>,
-    /// `--max-streams-per-connection` for the main client (the cold-connection
-    /// clients always use 1).
-    #[arg(long, value_name = "N")]
-    pub max_streams_per_connection: Option<usize>,
-    /// Bulk transfer size per direction in MiB [default: 1024, 256 with --quick].
-    #[arg(long, value_name = "MIB")]
-    pub bulk_mib: Option<u64>,
-}
+use crate::cmd::bench::Args;
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -124,7 +103,7 @@ impl Sizes {
 
 /// Runs the benchmark: progress on stderr, the table on stdout.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let fd_limit = raise_fd_limit();
+    let fd_limit = crate::transport::accept::raise_fd_limit();
     let mut scenarios = args.scenarios.clone();
     if scenarios.is_empty() {
         use clap::ValueEnum as _;
@@ -133,11 +112,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     scenarios.sort();
     scenarios.dedup();
     let sizes = Sizes::new(&args);
-    let rtt = Duration::from_millis(args.rtt_ms);
+    let rtt = args.rtt();
     let interrupt = crate::signal::shutdown_token();
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let mut report = Report::new(args.quick, args.rtt_ms, fd_limit);
+    let mut report = Report::new(args.quick, rtt.as_millis() as u64, fd_limit);
     let work = scenarios::run_all(&scenarios, &sizes, rtt, stop.clone(), &mut report);
     tokio::select! {
         r = work => r?,

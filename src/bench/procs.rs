@@ -2,66 +2,45 @@
 //! run as separate processes of this same binary, as they are deployed, so
 //! their CPU time and memory can be read from /proc.
 
+// The benchmark's driver reads its children's /proc files between
+// measurements; no tunnel runs on its runtime.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use crate::pki::{self, KeyAlg};
+use crate::pki::{self, CertDir, KeyAlg};
 
 /// Throwaway certificates in a private temporary directory, removed on drop.
 pub struct Pki {
-    dir: PathBuf,
+    certs: CertDir,
 }
 
 impl Pki {
     /// Issues a CA, a `localhost` server and a client certificate.
     pub fn new() -> anyhow::Result<Pki> {
         let dir = std::env::temp_dir().join(format!("postern-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let pki = Pki { dir };
         let bundle = pki::bundle(
             &["localhost".into()],
             &["spiffe://postern.bench/client".into()],
             KeyAlg::EcdsaP256,
         )?;
-        let files = [
-            ("ca.pem", bundle.ca.cert_pem()),
-            ("server.pem", bundle.server.cert_pem.clone()),
-            ("server-key.pem", bundle.server.key_pem.clone()),
-            ("client.pem", bundle.client.cert_pem.clone()),
-            ("client-key.pem", bundle.client.key_pem.clone()),
-        ];
-        for (name, contents) in files {
-            let path = pki.dir.join(name);
-            write_private(&path, contents.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(pki)
-    }
-
-    /// A file in the directory, as a string for argv.
-    pub fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        let certs = CertDir::write(&dir, &bundle).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        Ok(Pki { certs })
     }
 }
 
 impl Drop for Pki {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.certs.dir());
     }
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents)
 }
 
 /// A running child process, killed when dropped (also on error paths).
@@ -77,71 +56,43 @@ impl Proc {
     /// Starts `postern server` with outer TLS (ALPN h2) and inner mTLS in
     /// front of `backend`.
     pub async fn server(pki: &Pki, backend: SocketAddr) -> anyhow::Result<Proc> {
-        let backend = backend.to_string();
-        let (cert, key, ca) = (
-            pki.path("server.pem"),
-            pki.path("server-key.pem"),
-            pki.path("ca.pem"),
-        );
-        let args = [
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            &backend,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--client-ca",
-            &ca,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--drain-timeout",
-            "1",
+        let mut args = vec![
+            "server".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--backend".into(),
+            backend.to_string(),
+            "--drain-timeout".into(),
+            "1".into(),
         ];
+        args.extend(pki.certs.server_flags(true));
         Self::start("server", pki, &args, "server listening", "addr").await
     }
 
     /// Starts `postern client` forwarding to `https://localhost:PORT/`;
     /// `extra` are more flags (e.g. `--max-streams-per-connection 1`).
     pub async fn client(name: &str, pki: &Pki, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
-        let url = format!("https://localhost:{port}/");
-        let (cert, key, ca) = (
-            pki.path("client.pem"),
-            pki.path("client-key.pem"),
-            pki.path("ca.pem"),
-        );
         let mut args = vec![
-            "client",
-            "--listen",
-            "127.0.0.1:0",
-            "--url",
-            &url,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--ca",
-            &ca,
-            "--tls-ca",
-            &ca,
+            "client".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--url".into(),
+            format!("https://localhost:{port}/"),
         ];
-        args.extend_from_slice(extra);
+        args.extend(pki.certs.client_flags());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         Self::start(name, pki, &args, "client forwarding", "listen").await
     }
 
     async fn start(
         name: &str,
         pki: &Pki,
-        args: &[&str],
+        args: &[String],
         ready_message: &str,
         addr_field: &str,
     ) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("locating the postern binary")?;
-        let log = pki.dir.join(format!("{name}.log"));
+        let log = pki.certs.dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
         let child = Command::new(exe)
             .arg("--log-format")
@@ -259,16 +210,4 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{path}: no VmRSS"))
-}
-
-/// Raises this process's open-file limit (children inherit it) so 10k
-/// tunnels fit: the hard limit too when permitted, else soft up to hard.
-pub fn raise_fd_limit() -> u64 {
-    const WANT: u64 = 65_536;
-    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
-        if hard < WANT {
-            let _ = rlimit::Resource::NOFILE.set(WANT, WANT);
-        }
-    }
-    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, Method, Request};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -25,9 +25,9 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::transport::stream::{
-    H2Stream, StreamGuard, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW,
-};
+use super::Target;
+use crate::transport::settings;
+use crate::transport::stream::{H2Stream, StreamGuard};
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -68,59 +68,6 @@ pub enum OpenError {
     /// The dial took longer than the connect timeout.
     #[error("connecting to {0}: timed out")]
     Timeout(String),
-}
-
-/// Where tunnels go: the parsed `--url`.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The full URL the request is sent to (sets :scheme, :authority, :path).
-    pub uri: Uri,
-    /// Host name (for SNI, certificate checks and the default inner server name).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Whether the outer hop is TLS (`https`) or h2c (`http`).
-    pub tls: bool,
-}
-
-impl Target {
-    /// `scheme://host[:port]`: the default ID token audience (Cloud Run
-    /// checks the token against the service URL, which has no path).
-    pub fn origin(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        match self.uri.port_u16() {
-            Some(port) => format!("{scheme}://{}:{port}", self.uri.host().unwrap_or_default()),
-            None => format!("{scheme}://{}", self.uri.host().unwrap_or_default()),
-        }
-    }
-
-    /// Parses `https://host[:port][/path]` or `http://…` (h2c).
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{url:?}: scheme must be https:// or http:// (h2c)")),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{url:?}: no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        if uri.query().is_some() {
-            return Err(format!("{url:?}: query strings are not supported"));
-        }
-        Ok(Target {
-            uri,
-            host,
-            port,
-            tls,
-        })
-    }
 }
 
 /// One pooled HTTP/2 connection.
@@ -214,8 +161,9 @@ impl Connector {
         &self.target
     }
 
-    /// Number of live pooled connections.
-    pub async fn connections(&self) -> usize {
+    /// Number of live pooled connections (for tests, through
+    /// [`crate::testing::connections`]).
+    pub(crate) async fn connections(&self) -> usize {
         let mut pool = self.pool.lock().await;
         pool.conns.retain(Conn::usable);
         pool.conns.len()
@@ -344,10 +292,7 @@ impl Connector {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, mut conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
+        let (send, mut conn) = settings::client_builder()
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;

@@ -24,3 +24,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// Like [`parse_duration`], but zero is allowed: for intervals where `0`
+/// turns the feature off.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "0s" | "0ms" | "0m" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_allow_zero_and_durations_do_not() {
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("20ms"), Ok(Duration::from_millis(20)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_interval("-1").is_err());
+    }
+}

@@ -1,12 +1,22 @@
 //! Command-line interface: the `postern` command and its subcommands. Each
-//! subcommand's flags live next to its `run`, in its own module.
+//! subcommand's flags live in a module of their own, next to its `run` where
+//! that is a thin adapter; [`parse_args`] parses them from an argument list,
+//! [`duration`] is the parser behind every duration flag.
 
+pub mod backend;
+pub mod bench;
+pub mod certs;
+pub mod client;
+pub mod demo;
+pub mod doctor;
 pub mod duration;
+mod parse;
+
+pub use parse::parse_args;
 
 use clap::{Parser, Subcommand};
 
-use crate::server::backend;
-use crate::{bench, client, demo, doctor, pki, server};
+use crate::server;
 
 /// End-to-end mutual TLS for TCP services behind HTTP/2 front ends such as Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -45,7 +55,7 @@ pub enum Command {
     /// Accept local connections and tunnel them to a server.
     Client(client::Args),
     /// Issue a private CA, a server and a client certificate.
-    Certs(pki::Args),
+    Certs(certs::Args),
     /// Check every step from here to the backend, explaining failures.
     Doctor(doctor::Args),
     /// Run a built-in TCP backend (the original demo's banner server, or echo).
@@ -53,20 +63,6 @@ pub enum Command {
     /// Measure throughput, latency, set-up time, tunnel rate, memory and
     /// fairness on this machine, against raw TCP.
     Bench(bench::Args),
-}
-
-/// Parses one subcommand's flags from `argv` exactly as the command line
-/// would, so the demo, benchmark and tests configure things the user's way.
-pub fn parse_args<T: clap::Args>(name: &str, argv: &[&str]) -> anyhow::Result<T> {
-    #[derive(Parser)]
-    struct One<T: clap::Args> {
-        #[command(flatten)]
-        args: T,
-    }
-    let argv = std::iter::once(name).chain(argv.iter().copied());
-    One::<T>::try_parse_from(argv)
-        .map(|one| one.args)
-        .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim()))
 }
 
 #[cfg(test)]
@@ -77,13 +73,5 @@ mod tests {
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn parse_args_names_the_subcommand_and_the_bad_flag() {
-        let err = parse_args::<crate::server::Args>("server", &["--bogus"]).unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("server: "), "{text}");
-        assert!(text.contains("--bogus"), "{text}");
     }
 }

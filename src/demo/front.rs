@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::transport::stream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::accept::accept;
+use crate::transport::settings;
 
 /// Serves TLS on `listener` and forwards each stream to `upstream` over h2c.
 pub async fn serve(
@@ -31,12 +32,13 @@ pub async fn serve(
     upstream: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    serve_private(listener, tls, upstream, None, shutdown).await
+    serve_with_tokens(listener, tls, upstream, None, shutdown).await
 }
 
-/// Like [`serve`], but like a private Cloud Run service: requests without
-/// `authorization: Bearer <token>` get 401, with a token not in `tokens` 403.
-pub async fn serve_private(
+/// Like [`serve`]; with `tokens`, like a private Cloud Run service: requests
+/// without `authorization: Bearer <token>` get 401, with a token not in
+/// `tokens` 403 (tests reach it as [`crate::testing::serve_private`]).
+pub(crate) async fn serve_with_tokens(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     upstream: SocketAddr,
@@ -44,11 +46,7 @@ pub async fn serve_private(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let sock = tokio::select! {
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((sock, _)) = accept(&listener, &shutdown).await {
         let (acceptor, tokens) = (acceptor.clone(), tokens.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(sock, acceptor, upstream, tokens).await {
@@ -66,10 +64,7 @@ async fn connection(
 ) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
     let tls = acceptor.accept(sock).await.context("TLS handshake")?;
-    let mut down = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+    let mut down = settings::server_builder()
         .handshake::<_, Bytes>(tls)
         .await
         .context("HTTP/2 handshake with the client")?;
@@ -77,10 +72,7 @@ async fn connection(
         .await
         .with_context(|| format!("connecting to upstream {upstream}"))?;
     up_sock.set_nodelay(true)?;
-    let (up, up_conn) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+    let (up, up_conn) = settings::client_builder()
         .handshake::<_, Bytes>(up_sock)
         .await
         .context("h2c handshake with the upstream")?;

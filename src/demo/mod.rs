@@ -9,7 +9,7 @@
 pub mod front;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,39 +19,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cmd::client::Args as ClientArgs;
 use crate::cmd::parse_args;
-use crate::pki::{self, KeyAlg, LeafSpec};
+use crate::pki::{self, CertDir, KeyAlg, LeafSpec};
 use crate::server::backend::{self, Mode, BANNER};
 use crate::tls::pem;
 use crate::tls::{self, CertSlot};
 use crate::{client, server};
 
-/// `postern demo`: run the whole path locally and print what each hop does.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Keep the generated certificates in this directory instead of a temporary one.
-    #[arg(long)]
-    pub keep_certs: Option<PathBuf>,
-}
-
 /// The client identity the demo issues.
 pub const CLIENT_ID: &str = "spiffe://postern.demo/client";
 
-/// Runs the demo; the error names the hop that failed.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs the demo with its certificates in `dir`; the error names the hop
+/// that failed.
+pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    let dir = match &args.keep_certs {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("postern-demo-{}", std::process::id())),
-    };
-    let result = demo(&dir, started).await;
-    if args.keep_certs.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
-}
-
-async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
     println!("postern demo: TCP app -> client -> [mTLS in HTTP/2 POST, over TLS] -> front end -> h2c -> server -> backend");
     let bundle = pki::bundle(
         &["localhost".into()],
@@ -63,8 +45,8 @@ async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
         .ca
         .issue(&LeafSpec::server(&["localhost"]))
         .context("hop certs: issuing the front end certificate")?;
-    write_files(dir, &bundle, &front_cert).context("hop certs: writing certificates")?;
-    let p = |f: &str| dir.join(f).display().to_string();
+    let certs =
+        write_files(dir, &bundle, &front_cert).context("hop certs: writing certificates")?;
     println!(
         "  certs    CA, server 'localhost', client '{CLIENT_ID}' in {}",
         dir.display()
@@ -77,24 +59,16 @@ async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
         .context("hop backend")?;
     println!("  backend  banner TCP server        {backend}");
 
-    let server_args: server::Args = parse_args(
-        "server",
-        &[
-            "--backend",
-            &backend.to_string(),
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    )?;
+    let mut argv = vec!["--backend".to_owned(), backend.to_string()];
+    argv.extend(certs.server_flags(false));
+    let server_args: server::Args = parse_args("server", &strs(&argv))?;
     let (tx, mut reports) = mpsc::unbounded_channel();
     let mut server_config = server::Config::from_args(&server_args, &shutdown)
         .await
         .context("hop server: configuration")?;
-    server_config.reports = Some(tx);
+    server_config.on_tunnel_end(move |report| {
+        let _ = tx.send(report.clone());
+    });
     let server_listener = bind().await.context("hop server")?;
     let server_addr = server_listener.local_addr()?;
     tokio::spawn(server::serve(
@@ -120,23 +94,14 @@ async fn demo(dir: &Path, started: Instant) -> anyhow::Result<()> {
     println!("  front    TLS + HTTP/2 front end   {front_addr} -> h2c {server_addr} (stands in for Cloud Run)");
 
     let url = format!("https://localhost:{}/", front_addr.port());
-    let client_args: client::Args = parse_args(
-        "client",
-        &[
-            "--url",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &p("client.pem"),
-            "--key",
-            &p("client-key.pem"),
-            "--ca",
-            &p("ca.pem"),
-            "--tls-ca",
-            &p("ca.pem"),
-        ],
-    )?;
+    let mut argv = vec![
+        "--url".to_owned(),
+        url.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    argv.extend(certs.client_flags());
+    let client_args: ClientArgs = parse_args("client", &strs(&argv))?;
     let forward =
         client::Forward::from_args(&client_args, &url).context("hop client: configuration")?;
     let client_listener = bind().await.context("hop client")?;
@@ -192,30 +157,20 @@ async fn read_banner(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn write_files(dir: &Path, bundle: &pki::Bundle, front: &pki::Issued) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let files = [
-        ("ca.pem", bundle.ca.cert_pem()),
-        ("server.pem", bundle.server.cert_pem.clone()),
-        ("server-key.pem", bundle.server.key_pem.clone()),
-        ("client.pem", bundle.client.cert_pem.clone()),
-        ("client-key.pem", bundle.client.key_pem.clone()),
-        ("front.pem", front.cert_pem.clone()),
-        ("front-key.pem", front.key_pem.clone()),
-    ];
-    for (name, contents) in files {
+/// The bundle as `postern certs` writes it, plus the front end's own pair.
+fn write_files(dir: &Path, bundle: &pki::Bundle, front: &pki::Issued) -> anyhow::Result<CertDir> {
+    let certs = CertDir::write(dir, bundle)?;
+    for (name, contents) in [
+        ("front.pem", &front.cert_pem),
+        ("front-key.pem", &front.key_pem),
+    ] {
         let path = dir.join(name);
-        write_private(&path, contents.as_bytes()).with_context(|| path.display().to_string())?;
+        pki::write_private(&path, contents.as_bytes())
+            .with_context(|| path.display().to_string())?;
     }
-    Ok(())
+    Ok(certs)
 }
 
-/// Writes a file readable only by its owner (keys are among them).
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents)
+fn strs(argv: &[String]) -> Vec<&str> {
+    argv.iter().map(String::as_str).collect()
 }

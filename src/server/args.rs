@@ -4,9 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::cmd::duration::parse_duration;
+use crate::cmd::duration::parse_duration;
+use crate::transport::settings::MAX_HEADER_LIST;
 
-use crate::transport::stream::MAX_HEADER_LIST;
+/// `0` (off), or a duration as [`parse_duration`] reads it.
+fn duration_or_off(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
 
 /// `postern server`: the side next to the backend (the Cloud Run container).
 ///
@@ -17,9 +24,12 @@ use crate::transport::stream::MAX_HEADER_LIST;
 /// without touching open tunnels.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on [default: 0.0.0.0:$PORT, PORT defaulting to 8080].
+    /// Address to listen on [default: 0.0.0.0:PORT, see --port].
     #[arg(long, env = "POSTERN_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Port of the default listen address (Cloud Run sets PORT); --listen wins.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
     /// Backend to connect authenticated tunnels to: HOST:PORT, or
     /// `builtin:banner` / `builtin:echo` to run a built-in backend in-process.
     #[arg(long, env = "POSTERN_BACKEND", required_unless_present = "config")]
@@ -78,17 +88,19 @@ pub struct Args {
     /// Private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Seconds between checks of the certificate, key, CA, CRL and config
-    /// files for changes (0 = only reload on SIGHUP).
-    #[arg(long, default_value_t = 2)]
-    pub watch_interval: u64,
-    /// Seconds to let open tunnels finish after SIGTERM (Cloud Run kills 10 s after it).
-    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value_t = 8)]
-    pub drain_timeout: u64,
-    /// Seconds allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
-    /// and for the backend connect.
-    #[arg(long, default_value_t = 10)]
-    pub handshake_timeout: u64,
+    /// How often to check the certificate, key, CA, CRL and config files for
+    /// changes (`500ms`, `2s`, `1m`; a bare number is seconds; 0 = only
+    /// reload on SIGHUP).
+    #[arg(long, default_value = "2s", value_parser = duration_or_off)]
+    pub watch_interval: Duration,
+    /// Time open tunnels get to finish after SIGTERM (Cloud Run kills 10 s
+    /// after it); `500ms`, `8s`, `1m`, a bare number is seconds.
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = duration_or_off)]
+    pub drain_timeout: Duration,
+    /// Time allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
+    /// and for the backend connect; `500ms`, `10s`, `1m`, a bare number is seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     /// Close a tunnel that carried no byte either way for this long
     /// (e.g. `300`, `90s`, `500ms`, `5m`; default: never).
     #[arg(long, value_parser = parse_duration)]
@@ -115,4 +127,60 @@ pub struct Args {
     /// put it on the tunnel port).
     #[arg(long, env = "POSTERN_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::parse_args;
+
+    #[test]
+    fn durations_take_units_and_refuse_zero() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn every_duration_flag_takes_units_and_off_is_zero() {
+        let base = ["--backend", "h:1", "--no-inner-tls"];
+        let parse = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse_args::<Args>("server", &argv)
+        };
+        let args = parse(&[
+            "--watch-interval",
+            "500ms",
+            "--drain-timeout",
+            "1m",
+            "--handshake-timeout",
+            "3",
+            "--idle-timeout",
+            "90s",
+            "--max-lifetime",
+            "5m",
+            "--port",
+            "9000",
+        ])
+        .expect("valid flags");
+        assert_eq!(args.watch_interval, Duration::from_millis(500));
+        assert_eq!(args.drain_timeout, Duration::from_secs(60));
+        assert_eq!(args.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(args.idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(args.max_lifetime, Some(Duration::from_secs(300)));
+        assert_eq!(args.port, 9000);
+        let args = parse(&["--watch-interval", "0", "--drain-timeout", "0"]).expect("zero");
+        assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
+        let defaults = parse(&[]).expect("defaults");
+        assert_eq!(defaults.watch_interval, Duration::from_secs(2));
+        assert_eq!(defaults.drain_timeout, Duration::from_secs(8));
+        assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
+        for (flag, bad) in [("--handshake-timeout", "0"), ("--watch-interval", "2h")] {
+            let err = format!("{:#}", parse(&[flag, bad]).expect_err(bad));
+            assert!(err.contains(flag) && err.contains(bad), "{err}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! Built-in TCP backends: the original demo's banner server and an echo
-//! server. `postern backend` runs one on its own; `postern server --backend
+//! server. `postern backend` runs one on its own (see `cmd::backend`); `postern server --backend
 //! builtin:MODE` runs one in-process beside the tunnel server (one container,
 //! one process).
 
@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
+
+use crate::transport::accept::accept;
 
 /// The five-line banner of the original Cloud Run mTLS demo.
 pub const BANNER: &str = "\
@@ -29,38 +31,9 @@ pub enum Mode {
     Echo,
 }
 
-/// `postern backend`: run a built-in TCP backend.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "POSTERN_BACKEND_LISTEN", default_value = "127.0.0.1:9000")]
-    pub listen: SocketAddr,
-    /// What to do with each connection.
-    #[arg(long, value_enum, default_value = "banner")]
-    pub mode: Mode,
-}
-
-/// Runs `postern backend` until SIGINT/SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-    info!(addr = %listener.local_addr()?, mode = ?args.mode, "backend listening");
-    let shutdown = crate::signal::shutdown_token();
-    serve(listener, args.mode, shutdown).await;
-    Ok(())
-}
-
 /// Serves `mode` on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, mode: Mode, shutdown: CancellationToken) {
-    loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { debug!(error = %e, "backend accept failed"); continue; }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    while let Some((sock, peer)) = accept(&listener, &shutdown).await {
         tokio::spawn(async move {
             if let Err(e) = handle(sock, mode).await {
                 debug!(%peer, error = %e, "backend connection ended with an error");

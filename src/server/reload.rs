@@ -27,20 +27,27 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::authz::policy::{self, Allow, Routes};
+use crate::authz::Allow;
+use crate::server::config_file;
 use crate::server::metrics::Metrics;
+use crate::server::routes::Routes;
 use crate::tls::pem;
 use crate::tls::{self, CertSlot};
 
 /// Everything a tunnel needs that can change on reload.
 pub struct Material {
-    /// Where each request path (and SNI) leads and who may use it.
+    /// Where each request path (and SNI) leads and who may use it; each
+    /// route carries its inner mTLS config (none for plain tunnels).
     pub routes: Routes,
-    /// Inner mTLS configs, one per route (same order as `routes.iter()`),
-    /// each verifying against that route's allow-list; `None` for plain tunnels.
-    pub inner: Option<Vec<Arc<ServerConfig>>>,
     /// Outer TLS, when serving TLS directly instead of h2c.
     pub outer: Option<Arc<ServerConfig>>,
+}
+
+impl Material {
+    /// Whether tunnels run the inner mTLS (false with `--no-inner-tls`).
+    pub fn inner_tls(&self) -> bool {
+        self.routes.iter().any(|r| r.inner.is_some())
+    }
 }
 
 /// Where the routes come from.
@@ -102,10 +109,10 @@ impl Sources {
                 allow.clone(),
                 *proxy_protocol,
             ),
-            RouteSource::File(path) => policy::load_config(path)?,
+            RouteSource::File(path) => config_file::load_config(path)?,
         };
-        let inner = match &self.inner {
-            None => None,
+        let routes = match &self.inner {
+            None => routes,
             Some(f) => {
                 let slot = CertSlot::new(pem::load_identity(&f.cert, &f.key)?);
                 let roots = pem::load_roots(&f.client_ca)?;
@@ -119,18 +126,14 @@ impl Sources {
                         .with_context(|| format!("{}: unusable CRL", path.display()))?;
                     crls.extend(these);
                 }
-                let configs = routes
-                    .iter()
-                    .map(|r| {
-                        tls::inner_server_config(
-                            slot.clone(),
-                            roots.clone(),
-                            crls.clone(),
-                            r.allow.clone(),
-                        )
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                Some(configs)
+                routes.with_inner(|r| {
+                    tls::inner_server_config(
+                        slot.clone(),
+                        roots.clone(),
+                        crls.clone(),
+                        r.allow.clone(),
+                    )
+                })?
             }
         };
         let outer = match &self.outer {
@@ -139,11 +142,7 @@ impl Sources {
             ))?),
             None => None,
         };
-        Ok(Material {
-            routes,
-            inner,
-            outer,
-        })
+        Ok(Material { routes, outer })
     }
 
     /// Every file the material depends on.

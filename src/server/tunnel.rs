@@ -11,116 +11,47 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
-use tracing::{field, info, info_span, warn, Instrument};
+use tracing::{field, info_span, Instrument};
 
-use crate::authz::identity::PeerIdentity;
-use crate::authz::policy::Route;
+use crate::authz::PeerIdentity;
+use crate::server::metrics::Metrics;
 use crate::server::proxy_protocol;
 use crate::server::reload::Material;
+use crate::server::reply::{ok, reply};
+use crate::server::report::{log, Observer, TunnelError, TunnelReport};
+use crate::server::routes::Route;
 use crate::server::watchdog::{self, Activity, Expired, Metered};
-use crate::server::{reply, Config};
 use crate::tls::{self, HandshakeFailure};
 use crate::transport::splice::{self, Totals};
 use crate::transport::stream::H2Stream;
 
-/// Why a tunnel ended, or why it never carried bytes.
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    /// The inner mTLS handshake failed: no certificate, wrong CA, expired,
-    /// revoked, identity not allowed, and so on.
-    #[error("inner TLS handshake failed: {failure}: {detail}")]
-    Handshake {
-        /// The classified cause.
-        failure: HandshakeFailure,
-        /// The TLS library's own words.
-        detail: String,
-    },
-    /// The client did not finish the inner handshake in time.
-    #[error("inner TLS handshake timed out")]
-    HandshakeTimeout,
-    /// No route on this path serves the inner handshake's SNI.
-    #[error("no route for path {path} and SNI {sni}")]
-    NoRoute {
-        /// The request path.
-        path: String,
-        /// The SNI the client sent, or `<none>`.
-        sni: String,
-    },
-    /// The backend refused or could not be reached.
-    #[error("backend {backend} unreachable: {reason}")]
-    BackendUnreachable {
-        /// The backend address.
-        backend: String,
-        /// The connect error, or "timed out".
-        reason: String,
-    },
-    /// The PROXY protocol header could not be sent.
-    #[error("PROXY header to the backend: {0}")]
-    ProxyHeader(String),
-    /// The HTTP/2 stream failed before the tunnel was established.
-    #[error("HTTP/2 stream: {0}")]
-    Stream(#[from] h2::Error),
-    /// No byte either way for the idle timeout.
-    #[error("idle for {0:?}: closed by the server")]
-    Idle(Duration),
-    /// The tunnel reached `--max-lifetime`.
-    #[error("open for {0:?}, the maximum lifetime: closed by the server")]
-    Lifetime(Duration),
-    /// Copying failed midway (a reset on either side).
-    #[error("{0}")]
-    Copy(std::io::Error),
-}
-
-impl TunnelError {
-    /// A stable snake_case close reason (logs and metrics).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Handshake { .. } => "handshake_failed",
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::NoRoute { .. } => "no_route",
-            Self::BackendUnreachable { .. } => "backend_unreachable",
-            Self::ProxyHeader(_) => "proxy_header_failed",
-            Self::Stream(_) => "stream_error",
-            Self::Idle(_) => "idle_timeout",
-            Self::Lifetime(_) => "max_lifetime",
-            Self::Copy(_) => "reset",
-        }
-    }
-}
-
-/// What one finished tunnel did: logged as one line, and sent to
-/// [`Config::reports`] when set.
-#[derive(Debug, Clone)]
-pub struct TunnelReport {
-    /// The client's verified identity (None with --no-inner-tls or before the handshake).
-    pub identity: Option<PeerIdentity>,
-    /// The route's name (the request path until a route was chosen).
-    pub route: String,
-    /// The client's address: the front end's `x-forwarded-for` entry behind a
-    /// front end, else the TCP peer.
-    pub peer: SocketAddr,
-    /// Byte counts (inbound = backend -> client, outbound = client -> backend).
-    pub totals: Totals,
-    /// How long the tunnel lasted.
-    pub duration: Duration,
-    /// `"closed"` for a clean close, else [`TunnelError::label`].
-    pub close: &'static str,
-    /// `Ok` for a clean close; the error's text otherwise.
-    pub outcome: Result<(), String>,
+/// The timeouts a tunnel runs under: all the server configuration a tunnel sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Limit for the inner handshake and the backend connect (and, on the
+    /// connection, the outer TLS handshake and HTTP/2 preface).
+    pub handshake_timeout: Duration,
+    /// Close tunnels idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close tunnels this long after they opened.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// One admitted tunnel request: its path, where it came from, the material
-/// snapshot it will use to the end, and its slot under `--max-tunnels`.
+/// snapshot it will use to the end, what it reports to, and its slot under
+/// `--max-tunnels`.
 pub(crate) struct Tunnel {
     pub(crate) path: String,
     pub(crate) source: SocketAddr,
     pub(crate) material: Arc<Material>,
-    pub(crate) config: Arc<Config>,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) observer: Option<Observer>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -128,7 +59,7 @@ impl Tunnel {
     /// Runs the tunnel to its end, then logs, counts and reports it.
     pub(crate) async fn run(self, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
         let started = Instant::now();
-        let metrics = self.config.metrics.clone();
+        let metrics = self.metrics.clone();
         let open = metrics.tunnel_opened();
         let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty);
         let mut report = TunnelReport {
@@ -166,8 +97,8 @@ impl Tunnel {
         metrics.closed(report.close);
         report.outcome = result.map_err(|e| e.to_string());
         span.in_scope(|| log(&report));
-        if let Some(tx) = &self.config.reports {
-            let _ = tx.send(report);
+        if let Some(observe) = &self.observer {
+            observe(&report);
         }
     }
 
@@ -177,8 +108,9 @@ impl Tunnel {
         mut respond: SendResponse<Bytes>,
         report: &mut TunnelReport,
     ) -> Result<(), TunnelError> {
-        let (config, routes) = (&self.config, &self.material.routes);
-        let Some(inner) = &self.material.inner else {
+        let routes = &self.material.routes;
+        // Any route's config will do to take the stream back when no route fits.
+        let Some(any_inner) = routes.iter().find_map(|r| r.inner.clone()) else {
             // Plain tunnel: like Envoy, answer only once the backend is connected,
             // so a client learns of a dead backend from the status.
             let Some(route) = routes.select(&self.path, None) else {
@@ -210,7 +142,7 @@ impl Tunnel {
         let send = respond.send_response(ok(), false)?;
         let stream = H2Stream::server(send, req.into_body());
         // One deadline for the whole inner handshake, ClientHello included.
-        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
         let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = match tokio::time::timeout_at(deadline, hello).await {
             Ok(Ok(start)) => start,
@@ -218,13 +150,12 @@ impl Tunnel {
             Err(_) => return Err(TunnelError::HandshakeTimeout),
         };
         let sni = start.client_hello().server_name().map(str::to_owned);
-        let chosen = routes.select(&self.path, sni.as_deref()).and_then(|r| {
-            let index = routes.iter().position(|x| std::ptr::eq(x, r))?;
-            Some((r, inner.get(index)?.clone()))
-        });
+        let chosen = routes
+            .select(&self.path, sni.as_deref())
+            .and_then(|r| Some((r, r.inner.clone()?)));
         let Some((route, server_config)) = chosen else {
             // Nothing to hand the ClientHello to: reset instead of answering.
-            let mut accept = start.into_stream(inner[0].clone());
+            let mut accept = start.into_stream(any_inner);
             if let Some(s) = accept.get_mut() {
                 s.reset(Reason::CONNECT_ERROR);
             }
@@ -277,8 +208,8 @@ impl Tunnel {
         identity: Option<&PeerIdentity>,
     ) -> Result<Metered<TcpStream>, TunnelError> {
         let started = Instant::now();
-        let mut sock = connect(&route.backend, self.config.handshake_timeout).await?;
-        self.config.metrics.backend_connected(started.elapsed());
+        let mut sock = connect(&route.backend, self.limits.handshake_timeout).await?;
+        self.metrics.backend_connected(started.elapsed());
         if route.proxy_protocol {
             let header = proxy_protocol::Header {
                 source: self.source,
@@ -294,11 +225,7 @@ impl Tunnel {
                 .await
                 .map_err(|e| TunnelError::ProxyHeader(e.to_string()))?;
         }
-        Ok(Metered::new(
-            sock,
-            Activity::new(),
-            self.config.metrics.clone(),
-        ))
+        Ok(Metered::new(sock, Activity::new(), self.metrics.clone()))
     }
 
     /// Copies until both directions end, the tunnel idles out or reaches its
@@ -314,7 +241,7 @@ impl Tunnel {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let activity = backend.activity();
-        let (idle, lifetime) = (self.config.idle_timeout, self.config.max_lifetime);
+        let (idle, lifetime) = (self.limits.idle_timeout, self.limits.max_lifetime);
         let expired = tokio::select! {
             (result, totals) = splice::splice(backend, stream) => {
                 report.totals = totals;
@@ -353,30 +280,6 @@ fn handshake_error(e: &std::io::Error) -> TunnelError {
         failure: HandshakeFailure::of(e),
         detail: e.to_string(),
     }
-}
-
-/// The one summary line per tunnel.
-fn log(report: &TunnelReport) {
-    let identity = report.identity.as_ref().map(|i| i.to_string());
-    let (to_backend, from_backend) = (report.totals.outbound, report.totals.inbound);
-    let duration_ms = report.duration.as_millis() as u64;
-    let (route, close) = (report.route.as_str(), report.close);
-    match &report.outcome {
-        Ok(()) => info!(
-            identity,
-            route, to_backend, from_backend, duration_ms, close, "tunnel ended"
-        ),
-        Err(error) => warn!(
-            identity,
-            route, to_backend, from_backend, duration_ms, close, error, "tunnel ended"
-        ),
-    }
-}
-
-fn ok() -> Response<()> {
-    let mut response = Response::new(());
-    *response.status_mut() = StatusCode::OK;
-    response
 }
 
 async fn connect(backend: &str, limit: Duration) -> Result<TcpStream, TunnelError> {

@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::tls::provider;
+use super::provider::provider;
 
 /// A problem with one of the PEM files Postern was given.
 #[derive(Debug, thiserror::Error)]

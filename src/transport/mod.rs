@@ -2,6 +2,8 @@
 //! the bidirectional copy with its counts, and the worker runtimes that
 //! carry connections.
 
+pub mod accept;
+pub mod settings;
 pub mod splice;
 pub mod stream;
 pub mod workers;

@@ -123,27 +123,6 @@ impl Pump {
     }
 }
 
-/// Accepts the next connection, or `None` once `shutdown` fires. Accept
-/// errors (typically EMFILE) are logged and retried after a short pause
-/// rather than spun on.
-pub async fn accept(
-    listener: &tokio::net::TcpListener,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Option<(TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => return Some(x),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.cancelled() => return None,
-        }
-    }
-}
-
 /// Closes a socket with RST instead of FIN, so that a reset on the far side
 /// of the tunnel reaches the local peer as a reset.
 pub fn abort(sock: &TcpStream) {

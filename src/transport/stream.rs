@@ -329,22 +329,3 @@ impl AsyncWrite for H2Stream {
         Poll::Ready(Ok(()))
     }
 }
-
-/// Per-stream receive window we advertise. The 64 KiB protocol default caps
-/// one tunnel at 64 KiB per round trip. Measured one-tunnel throughput at
-/// 20 ms RTT (`postern bench --scenario rtt-bulk`): 4 MiB ~105 MB/s, 8 MiB
-/// ~143 MB/s, 16 MiB ~160 MB/s (CPU-bound by then). 8 MiB clears the
-/// 100 MB/s target with room; it is also the most a stalled reader can make
-/// one tunnel buffer here, so more is not free.
-pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
-
-/// Connection receive window: four streams at full window, which bounds what
-/// all the tunnels of one connection can buffer together.
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-
-/// Largest DATA frame we accept; bigger frames mean fewer headers per byte.
-pub const MAX_FRAME: u32 = 256 * 1024;
-
-/// Largest header block we accept (requests carry a few small headers and at
-/// most a bearer token).
-pub const MAX_HEADER_LIST: u32 = 16 * 1024;

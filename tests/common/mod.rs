@@ -15,7 +15,7 @@ use std::time::Duration;
 use postern::cmd::parse_args;
 use postern::demo::front;
 use postern::pki::{self, Ca, Issued, KeyAlg, LeafSpec};
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use postern::tls::pem;
 use postern::tls::{self, CertSlot};
 use postern::{client, server};
@@ -194,8 +194,7 @@ pub async fn start_server(
     let mut config = server::Config::from_args(&args, shutdown)
         .await
         .expect("server config");
-    let (tx, rx) = mpsc::unbounded_channel();
-    config.reports = Some(tx);
+    let rx = postern::testing::tunnel_reports(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(server::serve(listener, Arc::new(config), shutdown.clone()));
@@ -225,7 +224,7 @@ pub async fn start_client(
 ) -> SocketAddr {
     let mut argv = vec!["--url", url, "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(client_flags);
-    let args: client::Args = parse_args("client", &argv).expect("client flags");
+    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
     let forward = client::Forward::from_args(&args, url).expect("client config");
     start_forward(forward, shutdown).await
 }

@@ -8,11 +8,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern::client::connector::{Connector, Target};
-use postern::client::Forward;
+use postern::client::{Connector, Forward, Target};
 use postern::cmd::parse_args;
 use postern::pki::Issued;
-use postern::server::tunnel::TunnelReport;
+use postern::server::TunnelReport;
 use postern::server::{self, Config};
 use postern::tls::{self, pem};
 use postern::transport::stream::H2Stream;
@@ -41,8 +40,7 @@ impl Server {
         let mut config = Config::from_args(&args, shutdown)
             .await
             .expect("server config");
-        let (tx, reports) = mpsc::unbounded_channel();
-        config.reports = Some(tx);
+        let reports = postern::testing::tunnel_reports(&mut config);
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
         let addr = listener.local_addr().expect("addr");

@@ -4,37 +4,31 @@
 //! (optionally) throughput — and explains each failure with its likely fix.
 //!
 //! It dials its own connection rather than using the client's pool so that
-//! each step can be timed and blamed separately.
+//! each step can be timed and blamed separately. The walk is here; the
+//! HTTP/2 requests it makes are in `requests`, the round-trip and throughput
+//! measurements in `measure`.
+
+mod measure;
+mod requests;
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::authz::identity::PeerIdentity;
-use crate::client::{self, Forward};
+use crate::authz::PeerIdentity;
+use crate::client::Forward;
+use crate::cmd::client::Args as ClientArgs;
+use crate::cmd::doctor::Args;
 use crate::tls;
 use crate::transport::stream::H2Stream;
-
-/// `postern doctor`: check every step from here to the backend.
-#[derive(Debug, clap::Args)]
-#[group(skip)]
-pub struct Args {
-    /// The client flags, exactly as for `postern client` (--url required).
-    #[command(flatten)]
-    pub client: client::Args,
-    /// Also measure throughput by echoing this many MiB through a tunnel.
-    /// Only for a route whose backend echoes (e.g. `--backend builtin:echo`).
-    #[arg(long, value_name = "MIB")]
-    pub throughput: Option<u32>,
-}
+use measure::{rtt, throughput};
+use requests::{explain_status, h2_handshake, open_tunnel, request, with_path};
 
 /// One step's verdict.
 struct Report {
@@ -273,184 +267,7 @@ async fn check(args: &Args, forward: &Forward, r: &mut Report) -> anyhow::Result
     }
 }
 
-async fn h2_handshake<T>(io: T, r: &mut Report) -> anyhow::Result<SendRequest<Bytes>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    match h2::client::handshake(io).await {
-        Ok((send, conn)) => {
-            tokio::spawn(conn);
-            r.ok("HTTP/2", "connection preface accepted");
-            Ok(send)
-        }
-        Err(e) => Err(r.fail(
-            "HTTP/2",
-            e,
-            "the peer does not speak HTTP/2: for an http:// URL the server must serve h2c",
-        )),
-    }
-}
-
-async fn request(
-    send: &SendRequest<Bytes>,
-    method: Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-) -> anyhow::Result<(StatusCode, Option<String>)> {
-    let mut send = send.clone().ready().await?;
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri.clone();
-    *req.headers_mut() = headers.clone();
-    let (response, _) = send.send_request(req, true)?;
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .context("no response within 10 s")??;
-    let version = response
-        .headers()
-        .get("x-postern-version")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Ok((response.status(), version))
-}
-
-async fn open_tunnel(
-    send: &SendRequest<Bytes>,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-) -> Result<(h2::SendStream<Bytes>, h2::client::ResponseFuture), h2::Error> {
-    let mut send = send.clone().ready().await?;
-    let mut req = Request::new(());
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri.clone();
-    *req.headers_mut() = headers.clone();
-    let (response, stream) = send.send_request(req, false)?;
-    Ok((stream, response))
-}
-
-/// The service URL with another path (h2 needs absolute URIs for :authority).
-fn with_path(uri: &http::Uri, path: &str) -> anyhow::Result<http::Uri> {
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path.parse()?);
-    Ok(http::Uri::from_parts(parts)?)
-}
-
-fn explain_status(r: &mut Report, step: &str, status: StatusCode) -> anyhow::Error {
-    let fix = match status.as_u16() {
-        401 | 403 => "the service is private: pass --id-token, give the caller roles/run.invoker, and check --audience is the service URL",
-        404 => "no tunnel at this path: check the path in --url against the server's --path",
-        405 => "the server refused the method: tunnels use POST or CONNECT",
-        502..=504 => "the front end got no answer from the container: deploy with --use-http2 (h2c) and check the container log",
-        _ => "unexpected status: check the front end and server logs",
-    };
-    r.fail(step, format!("HTTP {status}"), fix)
-}
-
-async fn rtt(send: &SendRequest<Bytes>, uri: &http::Uri, r: &mut Report) -> anyhow::Result<()> {
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        if request(send, Method::GET, uri, &http::HeaderMap::new())
-            .await
-            .is_ok()
-        {
-            samples.push(started.elapsed());
-        }
-    }
-    samples.sort();
-    match samples.first() {
-        Some(min) => r.ok(
-            "RTT",
-            format!(
-                "/healthz round trip min {}, median {} ({} samples)",
-                ms(*min),
-                ms(samples[samples.len() / 2]),
-                samples.len()
-            ),
-        ),
-        None => r.skip("RTT", "no samples"),
-    }
-    Ok(())
-}
-
-async fn throughput(
-    send: &SendRequest<Bytes>,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-    forward: &Forward,
-    mib: u32,
-    r: &mut Report,
-) -> anyhow::Result<()> {
-    let total = mib as usize * 1024 * 1024;
-    let (send_stream, response) = open_tunnel(send, uri, headers).await?;
-    let mut stream = H2Stream::client(send_stream, response);
-    let started = Instant::now();
-    let echoed = match &forward.inner {
-        Some((config, name)) => {
-            let mut tls = TlsConnector::from(config.clone())
-                .connect(name.clone(), &mut stream)
-                .await?;
-            echo(&mut tls, total).await
-        }
-        None => echo(&mut stream, total).await,
-    };
-    match echoed {
-        Ok(n) if n == total => {
-            let secs = started.elapsed().as_secs_f64();
-            r.ok(
-                "throughput",
-                format!(
-                    "{mib} MiB echoed in {:.2} s: {:.1} MB/s each way",
-                    secs,
-                    total as f64 / secs / 1e6
-                ),
-            );
-            Ok(())
-        }
-        Ok(n) => Err(r.fail(
-            "throughput",
-            format!("only {n} of {total} bytes came back"),
-            "is the route's backend an echo server?",
-        )),
-        Err(e) => Err(r.fail("throughput", e, "is the route's backend an echo server?")),
-    }
-}
-
-async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    total: usize,
-) -> std::io::Result<usize> {
-    let (mut rd, mut wr) = tokio::io::split(s);
-    let chunk = vec![0x5a_u8; 64 * 1024];
-    let write = async {
-        let mut sent = 0;
-        while sent < total {
-            let n = chunk.len().min(total - sent);
-            wr.write_all(&chunk[..n]).await?;
-            sent += n;
-        }
-        wr.shutdown().await
-    };
-    let read = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0;
-        loop {
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(got);
-            }
-            got += n;
-        }
-    };
-    let limit = Duration::from_secs(60);
-    let (w, got) = tokio::time::timeout(limit, async { tokio::join!(write, read) })
-        .await
-        .map_err(|_| std::io::Error::other("timed out after 60 s"))?;
-    w?;
-    got
-}
-
-fn config_identity(args: &client::Args) -> Option<String> {
+fn config_identity(args: &ClientArgs) -> Option<String> {
     let cert = crate::tls::pem::load_certs(args.cert.as_deref()?).ok()?;
     PeerIdentity::from_der(cert.first()?)
         .ok()

@@ -1,0 +1,252 @@
+//! `postern client`'s flags, the forward they describe, and the command
+//! itself: one listener per forward, each served by [`client::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::client::{self, Connector, Forward, IdTokens, Target, TokenSource};
+use crate::cmd::duration::{parse_duration, parse_interval};
+use crate::tls::{self, pem, CertSlot};
+
+/// `postern client`: the side next to the application.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Local address to accept application connections on (with --url).
+    #[arg(long, env = "POSTERN_CLIENT_LISTEN", requires = "url")]
+    pub listen: Option<SocketAddr>,
+    /// Service URL: `https://HOST[:PORT][/PATH]`, or `http://…` for h2c.
+    #[arg(long, env = "POSTERN_URL")]
+    pub url: Option<String>,
+    /// More forwards, each LOCAL_ADDR=URL; repeatable.
+    #[arg(long = "forward", value_name = "LOCAL_ADDR=URL")]
+    pub forwards: Vec<String>,
+    /// Tunnel stdin/stdout instead of listening (for ssh ProxyCommand).
+    #[arg(long, requires = "url", conflicts_with_all = ["listen", "forwards"])]
+    pub stdio: bool,
+    /// Inner TLS client certificate chain (PEM).
+    #[arg(long, env = "POSTERN_CERT", required_unless_present = "no_inner_tls")]
+    pub cert: Option<PathBuf>,
+    /// Inner TLS client private key (PEM).
+    #[arg(long, env = "POSTERN_KEY", required_unless_present = "no_inner_tls")]
+    pub key: Option<PathBuf>,
+    /// CA certificate(s) the server's inner certificate must chain to (PEM).
+    #[arg(long, env = "POSTERN_CA", required_unless_present = "no_inner_tls")]
+    pub ca: Option<PathBuf>,
+    /// Name the server's inner certificate must carry [default: the URL's host].
+    #[arg(long, env = "POSTERN_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Identity the server's inner certificate must also carry, beyond
+    /// --server-name: `uri:…`, `dns:…`, `cn:…` or `spiffe://…` (trailing
+    /// `/*` for a prefix); repeatable, any one suffices.
+    #[arg(long, env = "POSTERN_SERVER_IDENTITY", value_delimiter = ',')]
+    pub server_identity: Vec<String>,
+    /// Extra CA certificate(s) to trust for the outer TLS (besides the system roots).
+    #[arg(long, env = "POSTERN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Leave out the inner TLS (plain tunnel).
+    #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
+    pub no_inner_tls: bool,
+    /// Send a Google ID token (private Cloud Run services): `metadata`
+    /// (on Google Cloud), `metadata=HOST:PORT`, `command=CMD` (e.g.
+    /// `command=gcloud auth print-identity-token`), `file=PATH` or `env=VAR`.
+    /// Fetched once, cached and refreshed before it expires; never logged.
+    #[arg(long, env = "POSTERN_ID_TOKEN", value_name = "SOURCE")]
+    pub id_token: Option<TokenSource>,
+    /// Audience of the ID token [default: the service URL without its path].
+    #[arg(long, env = "POSTERN_AUDIENCE", requires = "id_token")]
+    pub audience: Option<String>,
+    /// Extra request header, 'Name: value'; repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Most tunnels per HTTP/2 connection; 1 = one connection per tunnel.
+    #[arg(
+        long,
+        env = "POSTERN_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_streams_per_connection: usize,
+    /// Interval between HTTP/2 PINGs on idle connections, e.g. `30s` (a bare
+    /// number is seconds; 0 = off). Front ends punish frequent PINGs; 30 s
+    /// or more is safe.
+    #[arg(long, default_value = "0", value_parser = parse_interval)]
+    pub keepalive: Duration,
+    /// Time allowed to connect to the front end and for the inner handshake,
+    /// e.g. `10s` or `500ms` (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Worker threads; each HTTP/2 connection and its tunnels run on one.
+    /// New tunnels fill the first worker up to --max-streams-per-connection
+    /// before the next gets any [default: one per CPU].
+    #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+}
+
+impl Forward {
+    /// Builds a forward to `url` from the shared client flags.
+    pub fn from_args(args: &Args, url: &str) -> anyhow::Result<Forward> {
+        let target = Target::parse(url).map_err(|e| anyhow::anyhow!("--url {e}"))?;
+        let outer = if target.tls {
+            Some(tls::outer_client_config(args.tls_ca.as_deref())?)
+        } else {
+            None
+        };
+        let inner = match (&args.cert, &args.key, &args.ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let slot = CertSlot::new(pem::load_identity(cert, key)?);
+                let pin = args
+                    .server_identity
+                    .iter()
+                    .map(|p| {
+                        p.parse()
+                            .map_err(|e| anyhow::anyhow!("--server-identity: {e}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let config = tls::inner_client_config_pinned(
+                    slot,
+                    pem::load_roots(ca)?,
+                    crate::authz::Allow::new(pin),
+                )?;
+                let name = args
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| target.host.clone());
+                let name = ServerName::try_from(name.clone()).map_err(|_| {
+                    anyhow::anyhow!("--server-name {name:?}: not a DNS name or IP address")
+                })?;
+                Some((config, name))
+            }
+            _ if args.no_inner_tls => None,
+            _ => anyhow::bail!("--cert, --key and --ca are required (or --no-inner-tls)"),
+        };
+        let timeout = args.connect_timeout;
+        let keepalive = (!args.keepalive.is_zero()).then_some(args.keepalive);
+        let tokens = args.id_token.clone().map(|source| {
+            let audience = args.audience.clone().unwrap_or_else(|| target.origin());
+            IdTokens::new(source, audience)
+        });
+        let connector = Connector::new(
+            target,
+            outer,
+            args.max_streams_per_connection,
+            keepalive,
+            timeout,
+        );
+        Ok(Forward {
+            connector: Arc::new(connector),
+            inner,
+            headers: parse_headers(&args.headers)?,
+            tokens,
+            handshake_timeout: timeout,
+            workers: args
+                .workers
+                .map_or_else(crate::transport::workers::default_count, usize::from),
+        })
+    }
+}
+
+/// Parses repeatable `Name: value` flags.
+pub fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for h in raw {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected 'Name: value'"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| anyhow::anyhow!("--header {h:?}: invalid header name"))?;
+        let mut value = HeaderValue::from_str(value.trim())
+            .map_err(|_| anyhow::anyhow!("--header {name}: invalid header value"))?;
+        if name == http::header::AUTHORIZATION {
+            value.set_sensitive(true);
+        }
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Runs `postern client` until SIGINT/SIGTERM (or, with --stdio, until the tunnel ends).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.stdio {
+        let url = args.url.as_deref().unwrap_or_default();
+        let forward = Forward::from_args(&args, url)?;
+        let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        return forward.tunnel(&mut stdio).await.map(|_| ());
+    }
+    let mut pairs = Vec::new();
+    if let (Some(listen), Some(url)) = (args.listen, &args.url) {
+        pairs.push((listen, url.clone()));
+    }
+    for f in &args.forwards {
+        let (local, url) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--forward {f:?}: expected LOCAL_ADDR=URL"))?;
+        let local: SocketAddr = local
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--forward {f:?}: {local:?} is not an address"))?;
+        pairs.push((local, url.to_owned()));
+    }
+    if pairs.is_empty() {
+        anyhow::bail!(
+            "nothing to do: give --listen and --url, --forward LOCAL=URL, or --stdio --url"
+        );
+    }
+    let shutdown = crate::signal::shutdown_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (local, url) in pairs {
+        let forward = Arc::new(Forward::from_args(&args, &url)?);
+        let listener = TcpListener::bind(local)
+            .await
+            .with_context(|| format!("cannot listen on {local}"))?;
+        info!(listen = %listener.local_addr()?, %url, "client forwarding");
+        tasks.spawn(client::serve(listener, forward, shutdown.clone()));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a forward's task ended abnormally")??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::parse_args;
+
+    fn parse(extra: &[&str]) -> anyhow::Result<Args> {
+        let mut argv = vec!["--url", "https://svc.example/", "--no-inner-tls"];
+        argv.extend_from_slice(extra);
+        parse_args("client", &argv)
+    }
+
+    #[test]
+    fn duration_flags_take_units_and_bare_seconds() {
+        let args = parse(&["--connect-timeout", "500ms", "--keepalive", "5m"]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_millis(500));
+        assert_eq!(args.keepalive, Duration::from_secs(300));
+        let args = parse(&["--connect-timeout", "3", "--keepalive", "30"]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_secs(3));
+        assert_eq!(args.keepalive, Duration::from_secs(30));
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.connect_timeout, Duration::from_secs(10));
+        assert!(args.keepalive.is_zero(), "keepalive is off by default");
+        assert!(parse(&["--keepalive", "0"]).unwrap().keepalive.is_zero());
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag() {
+        for (flag, value) in [
+            ("--connect-timeout", "0"),
+            ("--connect-timeout", "5h"),
+            ("--keepalive", "x"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+}

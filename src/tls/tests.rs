@@ -1,0 +1,71 @@
+//! The provider's suite order, and a real inner handshake between our configs.
+
+#![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
+
+use rustls::CommonState;
+use rustls_pki_types::ServerName;
+
+use super::*;
+use crate::authz::Allow;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The suite a real inner handshake between our own configs settles on
+/// (the outer layer uses the same provider).
+#[tokio::test]
+async fn handshake_settles_on_aes_128_gcm() {
+    let dir = std::env::temp_dir().join(format!("postern-tls-suite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let set = crate::pki::bundle(&[], &[], Default::default()).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca = write("ca.pem", &set.ca.cert_pem());
+    let slot = |issued: &crate::pki::Issued, name: &str| {
+        let cert = write(&format!("{name}.pem"), &issued.cert_pem);
+        let key = write(&format!("{name}-key.pem"), &issued.key_pem);
+        CertSlot::new(pem::load_identity(&cert, &key).unwrap())
+    };
+    let roots = pem::load_roots(&ca).unwrap();
+    let server = inner_server_config(
+        slot(&set.server, "server"),
+        roots.clone(),
+        Vec::new(),
+        Allow::default(),
+    )
+    .unwrap();
+    let client = inner_client_config(slot(&set.client, "client"), roots).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let name = ServerName::try_from("localhost").unwrap();
+    let (c, s) = tokio::join!(
+        TlsConnector::from(client).connect(name, a),
+        TlsAcceptor::from(server).accept(b)
+    );
+    let (c, s) = (c.unwrap(), s.unwrap());
+    let states: [&CommonState; 2] = [c.get_ref().1, s.get_ref().1];
+    for state in states {
+        let suite = state.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
+}
+
+#[test]
+fn every_default_suite_stays_on_offer() {
+    let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    let mut defaults: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut sorted = ours.clone();
+    sorted.sort_by_key(|s| u16::from(*s));
+    defaults.sort_by_key(|s| u16::from(*s));
+    assert_eq!(
+        sorted, defaults,
+        "same suites as aws-lc-rs offers, reordered"
+    );
+}
