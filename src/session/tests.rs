@@ -80,7 +80,10 @@ fn resumer(
         let mut watch = client.watch();
         let mut resumes = 0;
         loop {
-            match *watch.borrow_and_update() {
+            // Copied out first: a borrow held across the match would hold
+            // the watch's lock while `complete_resume` publishes the phase.
+            let phase = *watch.borrow_and_update();
+            match phase {
                 Phase::Ended => return resumes,
                 Phase::Detached => {
                     let request = client.resume_request().expect("keyed and not ended");
@@ -533,7 +536,7 @@ fn malformed_frames_are_errors_that_say_what_is_wrong() {
         (&[0x03, 0, 0, 9], "FIN frame: length 9, expected 8"),
         (&[0x04, 0, 0, 8], "CLOSE frame: length 8, expected 4"),
         (&[0x01, 0, 0, 8], "0 payload bytes, expected 1 to 65536"),
-        (&[0x01, 0x01, 0, 9], "57345 payload bytes"),
+        (&[0x01, 0x01, 0, 9], "65537 payload bytes"),
         (
             &[
                 0x01, 0, 0, 10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2,
