@@ -39,6 +39,9 @@ pub struct Config {
     pub(crate) observer: Option<Observer>,
     /// Worker threads that serve connections (see [`crate::transport::workers`]).
     pub workers: usize,
+    /// The sessions of resumable tunnels, one table per process (None with
+    /// `--no-resume`).
+    pub resume: Option<crate::session::Registry>,
 }
 
 impl Config {
@@ -106,6 +109,15 @@ impl Config {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
+            resume: (!args.no_resume).then(|| {
+                crate::session::Registry::new(
+                    crate::session::Config {
+                        window: crate::session::WINDOW,
+                        grace: args.resume_timeout,
+                    },
+                    crate::session::Limits::default(),
+                )
+            }),
         })
     }
 

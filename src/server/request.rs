@@ -55,6 +55,10 @@ pub(crate) async fn request(
             "method_not_allowed",
         );
     }
+    // A resume brings a new stream to a tunnel that already holds its slot.
+    if req.headers().contains_key(crate::session::handshake::RESUME) {
+        return crate::server::resume::resume(req, respond, &config);
+    }
     let Ok(permit) = config.tunnels.clone().try_acquire_owned() else {
         warn!("tunnel limit reached: refusing with 503");
         return refuse(
@@ -76,6 +80,7 @@ pub(crate) async fn request(
         limits: config.limits,
         metrics: config.metrics.clone(),
         observer: config.observer.clone(),
+        sessions: config.resume.clone(),
         _permit: permit,
     };
     tunnel.run(req, respond).await;

@@ -145,8 +145,9 @@ enum End {
     Protocol(String),
     /// Detached for the whole grace period.
     Expired,
-    /// Cut with no way to resume (no grace, or the detached limits).
-    Abandoned(&'static str),
+    /// Cut with no way to resume (no grace, the detached limits, or the
+    /// resumer gave up).
+    Abandoned(String),
 }
 
 /// Why the carrier loop stopped.
@@ -224,7 +225,7 @@ impl State {
                 TimedOut,
                 "session not resumed within the grace period".into(),
             ),
-            End::Abandoned(why) => (ConnectionAborted, (*why).into()),
+            End::Abandoned(why) => (ConnectionAborted, why.clone()),
         };
         Some(io::Error::new(kind, text))
     }
@@ -285,7 +286,7 @@ impl State {
         }
         if shared.config.grace.is_zero() || self.id.is_none() || self.key.is_none() {
             return self.finish(
-                End::Abandoned("carrier lost before the session could resume"),
+                End::Abandoned("carrier lost before the session could resume".into()),
                 &shared.phase,
             );
         }
@@ -293,7 +294,9 @@ impl State {
             let bytes = self.memory();
             if !budget.admit(bytes) {
                 return self.finish(
-                    End::Abandoned("carrier lost; too many detached sessions to keep this one"),
+                    End::Abandoned(
+                        "carrier lost; too many detached sessions to keep this one".into(),
+                    ),
                     &shared.phase,
                 );
             }
@@ -660,7 +663,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
-        st.finish(End::Abandoned("session dropped"), &self.shared.phase);
+        st.finish(End::Abandoned("session dropped".into()), &self.shared.phase);
     }
 }
 
@@ -893,6 +896,14 @@ impl SessionHandle {
         Ok(old)
     }
 
+    /// Ends the session because whoever resumes it gave up (`why` is what
+    /// the application's reads and writes fail with).
+    pub fn abandon(&self, why: String) {
+        let shared = &self.shared;
+        shared.lock().finish(End::Abandoned(why), &shared.phase);
+        shared.wake_all();
+    }
+
     /// Server side: checks `request` (proof, generation, offset) without
     /// touching the session, then attaches `carrier` and returns the signed
     /// answer and the carrier it replaced.
@@ -901,6 +912,22 @@ impl SessionHandle {
         carrier: impl Carrier,
         request: &ResumeRequest,
     ) -> Result<(ResumeResponse, Option<Box<dyn Carrier>>), Refusal> {
+        let mut carrier = Some(carrier);
+        let (response, old) = self.accept_resume_with(request, |_| carrier.take())?;
+        Ok((response, old.flatten()))
+    }
+
+    /// [`SessionHandle::accept_resume`] for a carrier that exists only once
+    /// the answer is known (an HTTP/2 stream's send half comes with its
+    /// response headers): `make` runs under the session's lock with the
+    /// signed answer, so no other resume can slip in between. `None` from
+    /// `make` (the stream is already gone) attaches nothing: the outer
+    /// `Option` of the result is then `None`.
+    pub fn accept_resume_with<C: Carrier>(
+        &self,
+        request: &ResumeRequest,
+        make: impl FnOnce(&ResumeResponse) -> Option<C>,
+    ) -> Result<(ResumeResponse, Option<Option<Box<dyn Carrier>>>), Refusal> {
         let shared = &self.shared;
         let answer = {
             let mut st = shared.lock();
@@ -922,7 +949,8 @@ impl SessionHandle {
             st.check_offset(request.received)?;
             let response =
                 ResumeResponse::new(&key, &request.id, st.generation + 1, st.received_units());
-            let old = st.attach(shared, Box::new(carrier), request.received);
+            let old = make(&response)
+                .map(|carrier| st.attach(shared, Box::new(carrier), request.received));
             (response, old)
         };
         shared.wake_all();

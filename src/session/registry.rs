@@ -176,6 +176,19 @@ impl Registry {
 
     /// A new session on its first carrier, under a fresh id (for the `200`).
     pub fn open(&self, carrier: impl Carrier) -> Session {
+        let mut carrier = Some(carrier);
+        // `make` always succeeds here, so a session always comes back.
+        self.open_with(|_| carrier.take())
+            .unwrap_or_else(|| unreachable!("the carrier was given"))
+    }
+
+    /// A new session whose first carrier is made once its id is known (the
+    /// `200` that carries the id is what opens an HTTP/2 stream's send
+    /// half); `None` if `make` returns `None` (the stream is gone).
+    pub fn open_with<C: Carrier>(
+        &self,
+        make: impl FnOnce(&SessionId) -> Option<C>,
+    ) -> Option<Session> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let id = loop {
             let id = SessionId::random();
@@ -183,6 +196,7 @@ impl Registry {
                 break id;
             }
         };
+        let carrier = make(&id)?;
         let session = Session::new(self.config.clone(), carrier, Some(id));
         table.insert(id, Arc::downgrade(&session.handle().shared));
         drop(table);
@@ -190,7 +204,7 @@ impl Registry {
             table: Arc::downgrade(&self.table),
             id,
         };
-        session.registered(self.budget.clone(), registration)
+        Some(session.registered(self.budget.clone(), registration))
     }
 
     /// Finds the session `request` names and, if every check passes,
@@ -208,6 +222,28 @@ impl Registry {
             .and_then(Weak::upgrade)
             .ok_or(Refusal::UnknownSession)?;
         SessionHandle { shared }.accept_resume(carrier, request)
+    }
+
+    /// [`Registry::resume`] with the carrier made from the answer; see
+    /// [`SessionHandle::accept_resume_with`].
+    pub fn resume_with<C: Carrier>(
+        &self,
+        request: &ResumeRequest,
+        make: impl FnOnce(&ResumeResponse) -> Option<C>,
+    ) -> Result<(ResumeResponse, Option<Option<Box<dyn Carrier>>>), Refusal> {
+        self.handle(request)?.accept_resume_with(request, make)
+    }
+
+    /// The session `request` names, if this registry holds it.
+    fn handle(&self, request: &ResumeRequest) -> Result<SessionHandle, Refusal> {
+        let shared = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&request.id)
+            .and_then(Weak::upgrade)
+            .ok_or(Refusal::UnknownSession)?;
+        Ok(SessionHandle { shared })
     }
 
     /// Current totals.
