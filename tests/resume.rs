@@ -4,15 +4,15 @@
 
 #![allow(clippy::disallowed_methods)] // test harness code: blocking file I/O is fine here
 
-mod common;
 #[path = "common/child.rs"]
 mod child;
+mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::caddy::{self, Caddy};
 use child::Proc;
+use common::caddy::{self, Caddy};
 use common::*;
 use postern::client::Connector;
 use postern::session::{handshake, ResumeKey, ResumeRequest, Session, SessionId};
@@ -125,7 +125,11 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
         .expect("report")
         .expect("server running");
     assert!(report.outcome.is_ok(), "{:?}", report.outcome);
-    assert!(report.resumes >= 3, "one resume per cut at least: {}", report.resumes);
+    assert!(
+        report.resumes >= 3,
+        "one resume per cut at least: {}",
+        report.resumes
+    );
     drop(front);
     shutdown.cancel();
 }
@@ -134,16 +138,29 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
 /// over it with the library, as a client would.
 async fn plain_session(
     server: SocketAddr,
-) -> (Connector, Session, SessionId, ResumeKey, tokio::task::JoinHandle<()>) {
+) -> (
+    Connector,
+    Session,
+    SessionId,
+    ResumeKey,
+    tokio::task::JoinHandle<()>,
+) {
     let target = postern::client::Target::parse(&format!("http://{server}/")).expect("url");
     let connector = Connector::new(target, None, 100, None, LIMIT);
     let mut headers = http::HeaderMap::new();
-    headers.insert(handshake::SESSION, handshake::VERSION.parse().expect("value"));
+    headers.insert(
+        handshake::SESSION,
+        handshake::VERSION.parse().expect("value"),
+    );
     let mut stream = connector.open(&headers).await.expect("open");
     let head = stream.response().await.expect("200");
-    let id: SessionId = head[handshake::SESSION].to_str().expect("ascii").parse().expect("id");
-    let key = ResumeKey::from_header(head[handshake::SESSION_KEY].to_str().expect("ascii"))
-        .expect("key");
+    let id: SessionId = head[handshake::SESSION]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("id");
+    let key =
+        ResumeKey::from_header(head[handshake::SESSION_KEY].to_str().expect("ascii")).expect("key");
     let session = Session::new(Default::default(), stream, Some(id));
     session.handle().set_key(key.clone());
     let handle = session.handle();
@@ -180,9 +197,15 @@ async fn every_refused_resume_has_its_status_and_leaves_the_session_alone() {
         .await
         .expect("server config");
     let metrics = config.metrics.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let server = listener.local_addr().expect("addr");
-    tokio::spawn(postern::server::serve(listener, std::sync::Arc::new(config), shutdown.clone()));
+    tokio::spawn(postern::server::serve(
+        listener,
+        std::sync::Arc::new(config),
+        shutdown.clone(),
+    ));
     let (connector, mut session, id, key, _drive) = plain_session(server).await;
     session.write_all(b"before").await.expect("write");
     let mut got = [0u8; 6];
@@ -194,14 +217,27 @@ async fn every_refused_resume_has_its_status_and_leaves_the_session_alone() {
     let current = session.handle().resume_request().expect("request");
 
     // Wrong proof: a second client that knows the live session's id only.
-    let forged = ResumeRequest::new(&ResumeKey::random(), id, current.generation, current.received);
+    let forged = ResumeRequest::new(
+        &ResumeKey::random(),
+        id,
+        current.generation,
+        current.received,
+    );
     assert_eq!(try_resume(&connector, &forged).await, 403, "wrong proof");
     // Unknown session.
     let unknown = ResumeRequest::new(&key, SessionId::random(), 1, 0);
-    assert_eq!(try_resume(&connector, &unknown).await, 404, "unknown session");
+    assert_eq!(
+        try_resume(&connector, &unknown).await,
+        404,
+        "unknown session"
+    );
     // An offset the server never sent.
     let stale = ResumeRequest::new(&key, id, current.generation, 1_000_000);
-    assert_eq!(try_resume(&connector, &stale).await, 416, "offset outside the window");
+    assert_eq!(
+        try_resume(&connector, &stale).await,
+        416,
+        "offset outside the window"
+    );
     // A replayed request naming a carrier the session has moved past.
     let old = ResumeRequest::new(&key, id, current.generation - 1, current.received);
     assert_eq!(try_resume(&connector, &old).await, 409, "already attached");
@@ -217,7 +253,12 @@ async fn every_refused_resume_has_its_status_and_leaves_the_session_alone() {
     assert_eq!(&got, b"after");
     assert_eq!(backend.accepts(), 1);
     let metrics = metrics.encode();
-    for reason in ["wrong_proof", "unknown_session", "offset_outside_window", "already_attached"] {
+    for reason in [
+        "wrong_proof",
+        "unknown_session",
+        "offset_outside_window",
+        "already_attached",
+    ] {
         assert!(
             metrics.contains(&format!("result=\"refused\",reason=\"{reason}\"")),
             "{reason} counted:\n{metrics}"
@@ -251,5 +292,9 @@ async fn a_restarted_server_makes_the_client_close_the_connection_and_say_why() 
         .expect("the local connection was closed promptly");
     assert!(matches!(end, Ok(0) | Err(_)), "closed, not data: {end:?}");
     let why = client.log_lines("does not know this session");
-    assert!(!why.is_empty(), "a log line says why: {:?}", client.log_lines("tunnel"));
+    assert!(
+        !why.is_empty(),
+        "a log line says why: {:?}",
+        client.log_lines("tunnel")
+    );
 }

@@ -118,7 +118,12 @@ impl Forward {
                 resumes,
                 "tunnel ended"
             ),
-            Err(e) => warn!(duration_ms, resumes, error = format!("{e:#}"), "tunnel failed"),
+            Err(e) => warn!(
+                duration_ms,
+                resumes,
+                error = format!("{e:#}"),
+                "tunnel failed"
+            ),
         }
     }
 

@@ -190,7 +190,8 @@ impl Keeper<'_> {
 
     fn give_up(&self, why: String) {
         warn!(reason = %why, "tunnel cut and not resumed: closing the local connection");
-        self.handle.abandon(format!("tunnel cut and not resumed: {why}"));
+        self.handle
+            .abandon(format!("tunnel cut and not resumed: {why}"));
     }
 
     /// One resume request on a new stream.
@@ -237,7 +238,8 @@ impl Keeper<'_> {
                     tokio::spawn(async move {
                         let _ = old.shutdown().await;
                         let mut sink = [0u8; 1024];
-                        let drain = async { while matches!(old.read(&mut sink).await, Ok(n) if n > 0) {} };
+                        let drain =
+                            async { while matches!(old.read(&mut sink).await, Ok(n) if n > 0) {} };
                         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
                     });
                 }
@@ -287,7 +289,9 @@ pub(crate) fn offered(
 }
 
 /// What a client tunnel's bytes run over: the HTTP/2 stream, or a session.
-pub(crate) trait Carried: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+pub(crate) trait Carried:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
     /// After a failed inner handshake: let the alert reach the server.
     fn linger(self) -> impl std::future::Future<Output = ()> + Send;
     /// After a clean copy: end without cutting what the peer still reads.

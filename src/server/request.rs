@@ -56,7 +56,10 @@ pub(crate) async fn request(
         );
     }
     // A resume brings a new stream to a tunnel that already holds its slot.
-    if req.headers().contains_key(crate::session::handshake::RESUME) {
+    if req
+        .headers()
+        .contains_key(crate::session::handshake::RESUME)
+    {
         return crate::server::resume::resume(req, respond, &config);
     }
     let Ok(permit) = config.tunnels.clone().try_acquire_owned() else {

@@ -106,7 +106,9 @@ impl H2Stream {
             }
             Err(e) => {
                 let end = read_end(e, &mut self.recv);
-                Err(end.err().unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))
+                Err(end
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))
             }
         }
     }
