@@ -216,6 +216,8 @@ impl Forward {
                 let (result, totals) = splice::splice(local, &mut tls).await;
                 if result.is_ok() {
                     tls.get_mut().0.finish().await;
+                } else {
+                    tls.get_mut().0.abort().await;
                 }
                 (result, totals)
             }
@@ -224,6 +226,8 @@ impl Forward {
                 let (result, totals) = splice::splice(local, &mut stream).await;
                 if result.is_ok() {
                     stream.finish().await;
+                } else {
+                    stream.abort().await;
                 }
                 (result, totals)
             }

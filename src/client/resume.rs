@@ -296,6 +296,8 @@ pub(crate) trait Carried:
     fn linger(self) -> impl std::future::Future<Output = ()> + Send;
     /// After a clean copy: end without cutting what the peer still reads.
     fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// The copy failed (the local connection was reset): pass it on.
+    fn abort(&mut self) -> impl std::future::Future<Output = ()> + Send;
     /// The inner handshake is done: key resumes from it.
     fn keyed(&mut self, tls: &rustls::ClientConnection);
 }
@@ -307,6 +309,8 @@ impl Carried for H2Stream {
     async fn finish(&mut self) {
         H2Stream::finish(self).await
     }
+    // Dropping an unfinished stream resets it.
+    async fn abort(&mut self) {}
     fn keyed(&mut self, _: &rustls::ClientConnection) {}
 }
 
@@ -322,6 +326,11 @@ impl Carried for Session {
         // Bounded: a peer cut meanwhile has the grace period to come back,
         // and the session ends by itself when that passes.
         let _ = tokio::time::timeout(Duration::from_secs(30), Session::finish(self)).await;
+    }
+    async fn abort(&mut self) {
+        // CLOSE with a reset code: the server resets its backend connection
+        // at once instead of waiting the grace period for a resume.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.reset()).await;
     }
     fn keyed(&mut self, tls: &rustls::ClientConnection) {
         let handle = self.handle();

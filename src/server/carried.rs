@@ -25,6 +25,8 @@ pub(crate) trait Carried: AsyncRead + AsyncWrite + Unpin + Send {
     fn defer_end(&mut self);
     /// After a clean copy: end without cutting what the peer still reads.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
+    /// The copy failed (the backend reset): pass it on.
+    fn failed(&mut self) -> impl Future<Output = ()> + Send;
     /// Cut short (idle, lifetime): a reset.
     fn cancel(&mut self) -> impl Future<Output = ()> + Send;
     /// The inner handshake is done: key resumes from it.
@@ -46,6 +48,8 @@ impl Carried for H2Stream {
     async fn finish(&mut self) {
         H2Stream::finish(self).await
     }
+    // Dropping the stream does it, as before sessions.
+    async fn failed(&mut self) {}
     async fn cancel(&mut self) {
         self.reset(Reason::CANCEL);
     }
@@ -67,6 +71,10 @@ impl Carried for Session {
     fn defer_end(&mut self) {}
     async fn finish(&mut self) {
         let _ = tokio::time::timeout(FINISH_LIMIT, Session::finish(self)).await;
+    }
+    async fn failed(&mut self) {
+        // A CLOSE, or the client would wait for a resume that cannot come.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.reset()).await;
     }
     async fn cancel(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.reset()).await;

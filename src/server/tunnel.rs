@@ -352,6 +352,7 @@ impl Tunnel {
                 report.totals = totals;
                 if let Err(e) = result {
                     splice::abort(&backend.inner);
+                    carried(stream).failed().await;
                     return Err(TunnelError::Copy(e));
                 }
                 let _ = backend.shutdown().await;
