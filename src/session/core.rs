@@ -40,6 +40,10 @@ const OUT_HIGH: usize = 4 * MAX_FRAME;
 /// Reads from the carrier per poll before yielding to other tasks.
 const READ_BUDGET: usize = 32;
 
+/// An accepted resume made with `accept_resume_with`: the signed answer,
+/// and `None` if the carrier could not be made, else the carrier replaced.
+pub type Accepted = (ResumeResponse, Option<Option<Box<dyn Carrier>>>);
+
 /// The application's side of a session.
 pub struct Session {
     shared: Arc<Shared>,
@@ -927,7 +931,7 @@ impl SessionHandle {
         &self,
         request: &ResumeRequest,
         make: impl FnOnce(&ResumeResponse) -> Option<C>,
-    ) -> Result<(ResumeResponse, Option<Option<Box<dyn Carrier>>>), Refusal> {
+    ) -> Result<Accepted, Refusal> {
         let shared = &self.shared;
         let answer = {
             let mut st = shared.lock();

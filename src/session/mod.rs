@@ -29,7 +29,7 @@ mod replay;
 
 use std::time::Duration;
 
-pub use self::core::{Carrier, Session, SessionHandle};
+pub use self::core::{Accepted, Carrier, Session, SessionHandle};
 pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
 pub use self::registry::{Limits, Refusal, Registry, Usage};
 

@@ -230,7 +230,7 @@ impl Registry {
         &self,
         request: &ResumeRequest,
         make: impl FnOnce(&ResumeResponse) -> Option<C>,
-    ) -> Result<(ResumeResponse, Option<Option<Box<dyn Carrier>>>), Refusal> {
+    ) -> Result<super::core::Accepted, Refusal> {
         self.handle(request)?.accept_resume_with(request, make)
     }
 
