@@ -63,6 +63,7 @@ pub mod doctor;
 pub mod logging;
 pub mod pki;
 pub mod server;
+pub mod session;
 pub mod signal;
 #[doc(hidden)]
 pub mod testing;

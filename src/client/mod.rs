@@ -4,10 +4,12 @@
 //! request headers without waiting for the `200`), then copies bytes.
 
 mod connector;
+mod resume;
 mod target;
 mod token;
 
 pub use connector::{Connector, OpenError};
+pub use resume::ResumePolicy;
 pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
 pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
@@ -42,6 +44,8 @@ pub struct Forward {
     pub handshake_timeout: Duration,
     /// Worker threads for [`serve`] (see [`crate::transport::workers`]).
     pub workers: usize,
+    /// Ask for a resumable session (None: `--no-resume`, today's byte stream).
+    pub resume: Option<ResumePolicy>,
 }
 
 impl Forward {
@@ -56,6 +60,7 @@ impl Forward {
             tokens: self.tokens.clone(),
             handshake_timeout: self.handshake_timeout,
             workers: self.workers,
+            resume: self.resume.clone(),
         }
     }
 }
@@ -132,16 +137,16 @@ impl Forward {
         let _ = sock.set_nodelay(true);
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = self.tunnel(&mut sock) => r,
-            _ = hard_stop.cancelled() => Err(anyhow::anyhow!("closed at the end of the drain")),
+            r = self.carry(&mut sock) => r,
+            _ = hard_stop.cancelled() => (Err(anyhow::anyhow!("closed at the end of the drain")), 0),
         };
-        let (result, totals) = match outcome {
-            Ok(totals) => (Ok(()), totals),
-            Err(e) => {
+        let (result, totals, resumes) = match outcome {
+            (Ok(totals), resumes) => (Ok(()), totals, resumes),
+            (Err(e), resumes) => {
                 // Whatever failed, the application must see its connection
                 // end; a reset tells it the data may be incomplete.
                 splice::abort(&sock);
-                (Err(e), Totals::default())
+                (Err(e), Totals::default(), resumes)
             }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -150,10 +155,27 @@ impl Forward {
                 sent = totals.inbound,
                 received = totals.outbound,
                 duration_ms,
+                resumes,
                 "tunnel ended"
             ),
-            Err(e) => warn!(duration_ms, error = format!("{e:#}"), "tunnel failed"),
+            Err(e) => warn!(
+                duration_ms,
+                resumes,
+                error = format!("{e:#}"),
+                "tunnel failed"
+            ),
         }
+    }
+
+    /// The headers of every request of a tunnel: the configured ones and a
+    /// fresh ID token.
+    async fn request_headers(&self) -> anyhow::Result<HeaderMap> {
+        let mut headers = self.headers.clone();
+        if let Some(tokens) = &self.tokens {
+            let bearer = tokens.bearer().await.context("ID token")?;
+            headers.insert(http::header::AUTHORIZATION, bearer);
+        }
+        Ok(headers)
     }
 
     /// Carries one local byte stream through a new tunnel until both directions end.
@@ -161,15 +183,61 @@ impl Forward {
     where
         L: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = match &self.tokens {
-            Some(tokens) => {
-                let mut headers = self.headers.clone();
-                let bearer = tokens.bearer().await.context("ID token")?;
-                headers.insert(http::header::AUTHORIZATION, bearer);
-                self.connector.open(&headers).await?
-            }
-            None => self.connector.open(&self.headers).await?,
+        self.carry(local).await.0
+    }
+
+    /// [`Forward::tunnel`], and how many times its session resumed.
+    async fn carry<L>(&self, local: &mut L) -> (anyhow::Result<Totals>, u64)
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut headers = match self.request_headers().await {
+            Ok(h) => h,
+            Err(e) => return (Err(e), 0),
         };
+        let Some(policy) = &self.resume else {
+            let stream = match self.connector.open(&headers).await {
+                Ok(s) => s,
+                Err(e) => return (Err(e.into()), 0),
+            };
+            return (self.over(local, stream).await, 0);
+        };
+        // Asking for a session means waiting for the answer before the first
+        // byte: the bodies carry frames only if the server agrees.
+        headers.insert(
+            crate::session::handshake::SESSION,
+            http::HeaderValue::from_static(crate::session::handshake::VERSION),
+        );
+        let opened = async {
+            let mut stream = self.connector.open(&headers).await?;
+            let head = stream.response().await.context("tunnel")?;
+            anyhow::Ok((stream, head))
+        };
+        let (stream, head) = match opened.await {
+            Ok(x) => x,
+            Err(e) => return (Err(e), 0),
+        };
+        let session = match resume::offered(&head, stream, policy.grace) {
+            Ok(session) => session,
+            Err(stream) => return (self.over(local, stream).await, 0),
+        };
+        let keeper = resume::Keeper {
+            forward: self,
+            handle: session.handle(),
+            cookies: resume::Cookies::default(),
+            policy: policy.clone(),
+        };
+        keeper.cookies.update(&head);
+        let (result, ()) = tokio::join!(self.over(local, session), keeper.run());
+        (result, keeper.handle.stats().resumes)
+    }
+
+    /// The inner TLS (unless --no-inner-tls) and the copy, over `stream`.
+    async fn over<L, S>(&self, local: &mut L, stream: S) -> anyhow::Result<Totals>
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+        S: resume::Carried,
+    {
         let (result, totals) = match &self.inner {
             Some((config, name)) => {
                 let handshake = TlsConnector::from(config.clone())
@@ -183,9 +251,13 @@ impl Forward {
                     }
                     Err(_) => anyhow::bail!("inner TLS handshake timed out"),
                 };
+                let (io, conn) = tls.get_mut();
+                io.keyed(conn);
                 let (result, totals) = splice::splice(local, &mut tls).await;
                 if result.is_ok() {
                     tls.get_mut().0.finish().await;
+                } else {
+                    tls.get_mut().0.abort().await;
                 }
                 (result, totals)
             }
@@ -194,6 +266,8 @@ impl Forward {
                 let (result, totals) = splice::splice(local, &mut stream).await;
                 if result.is_ok() {
                     stream.finish().await;
+                } else {
+                    stream.abort().await;
                 }
                 (result, totals)
             }

@@ -82,6 +82,16 @@ pub struct Args {
     /// e.g. `10s` or `500ms` (a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Do not ask for resume: every tunnel is the plain byte stream, and a
+    /// cut ends the local connection.
+    #[arg(long, env = "POSTERN_NO_RESUME")]
+    pub no_resume: bool,
+    /// Move each tunnel's session to a fresh request this long after its
+    /// request opened, before the front end's request timeout cuts it: set
+    /// it a little under the service's `--timeout` (Cloud Run's default is
+    /// 5m, its maximum 60m); `0` = never.
+    #[arg(long, env = "POSTERN_MAX_REQUEST_AGE", default_value = "55m", value_parser = parse_interval)]
+    pub max_request_age: Duration,
     /// Worker threads; each HTTP/2 connection and its tunnels run on one.
     /// New tunnels fill the first worker up to --max-streams-per-connection
     /// before the next gets any [default: one per CPU].
@@ -153,6 +163,10 @@ impl Forward {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
+            resume: (!args.no_resume).then(|| client::ResumePolicy {
+                max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
+                ..client::ResumePolicy::default()
+            }),
         })
     }
 }

@@ -109,6 +109,14 @@ pub struct Args {
     /// ends requests at its own request timeout anyway).
     #[arg(long, value_parser = parse_duration)]
     pub max_lifetime: Option<Duration>,
+    /// Do not offer resume: every tunnel is the plain byte stream, and a cut
+    /// ends it.
+    #[arg(long, env = "POSTERN_NO_RESUME")]
+    pub no_resume: bool,
+    /// How long a cut tunnel's session (its backend connection and buffers)
+    /// waits for its client to resume; `30s`, `2m`, a bare number is seconds.
+    #[arg(long, env = "POSTERN_RESUME_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub resume_timeout: Duration,
     /// Worker threads; each HTTP/2 connection and its tunnels run on one
     /// [default: one per CPU].
     #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]

@@ -48,6 +48,9 @@ pub struct Config {
     pub connection_idle_timeout: Option<Duration>,
     /// The receive-window bytes all connections together may be granted.
     pub budget: Arc<Budget>,
+    /// The sessions of resumable tunnels, one table per process (None with
+    /// `--no-resume`).
+    pub resume: Option<crate::session::Registry>,
 }
 
 impl Config {
@@ -124,6 +127,15 @@ impl Config {
             connection_idle_timeout: (!args.connection_idle_timeout.is_zero())
                 .then_some(args.connection_idle_timeout),
             budget: Arc::new(Budget::new(args.buffer_budget_mib.saturating_mul(1 << 20))),
+            resume: (!args.no_resume).then(|| {
+                crate::session::Registry::new(
+                    crate::session::Config {
+                        window: crate::session::WINDOW,
+                        grace: args.resume_timeout,
+                    },
+                    crate::session::Limits::default(),
+                )
+            }),
         })
     }
 

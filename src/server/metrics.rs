@@ -65,6 +65,15 @@ pub struct Metrics {
     reloads: Family<Outcome, Counter>,
     connections_open: Gauge,
     connections_refused: Family<Reason, Counter>,
+    resumes: Family<Resume, Counter>,
+    detached: Gauge,
+    resent: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Resume {
+    result: &'static str,
+    reason: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -141,7 +150,28 @@ impl Metrics {
             "Certificate/config reloads, by result",
             reloads.clone(),
         );
+        let resumes = Family::<Resume, Counter>::default();
+        let detached = Gauge::default();
+        let resent = Counter::default();
+        registry.register(
+            "postern_resumes",
+            "Resume requests, by result (accepted, refused) and reason",
+            resumes.clone(),
+        );
+        registry.register(
+            "postern_sessions_detached",
+            "Sessions cut and waiting for their client to resume",
+            detached.clone(),
+        );
+        registry.register(
+            "postern_resent_bytes",
+            "Bytes sent again after resumes",
+            resent.clone(),
+        );
         Metrics {
+            resumes,
+            detached,
+            resent,
             registry,
             open,
             tunnels,
@@ -212,6 +242,27 @@ impl Metrics {
     pub fn reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "rejected" };
         self.reloads.get_or_create(&Outcome { result }).inc();
+    }
+
+    /// Counts a resume request: `reason` is `"ok"` when accepted, else the
+    /// refusal's label.
+    pub fn resumed(&self, accepted: bool, reason: &'static str) {
+        let result = if accepted { "accepted" } else { "refused" };
+        self.resumes.get_or_create(&Resume { result, reason }).inc();
+    }
+
+    /// One more (`true`) or one fewer detached session.
+    pub fn detached(&self, more: bool) {
+        if more {
+            self.detached.inc();
+        } else {
+            self.detached.dec();
+        }
+    }
+
+    /// Counts bytes resent after a resume.
+    pub fn add_resent(&self, n: u64) {
+        self.resent.inc_by(n);
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -6,7 +6,8 @@
 //! - `args`: the flags; `config`: [`Config`], built from them.
 //! - `serve`: the accept loop, one HTTP/2 connection, the drain.
 //! - `request`: dispatch (health check, refusals); `reply`: short answers.
-//! - `tunnel`: one tunnel from the `200` to the backend; `report`: how it
+//! - `tunnel`: one tunnel from the `200` to the backend (over a resumable
+//!   session when the client asks); `resume`: a cut tunnel's new stream; `report`: how it
 //!   ended; `watchdog`: its idle timeout and lifetime.
 //! - `routes` and `config_file`: the routing table and its TOML file;
 //!   `reload`: the material (routes with their TLS configs) swapped on change.
@@ -16,6 +17,7 @@
 
 mod args;
 pub mod backend;
+mod carried;
 mod config;
 mod config_file;
 mod metrics;
@@ -24,6 +26,7 @@ mod reload;
 mod reply;
 mod report;
 mod request;
+mod resume;
 mod routes;
 mod serve;
 mod tunnel;

@@ -98,6 +98,9 @@ pub struct TunnelReport {
     pub close: &'static str,
     /// `Ok` for a clean close; the error's text otherwise.
     pub outcome: Result<(), String>,
+    /// Carriers the tunnel's session moved to after its first (0 without
+    /// resume).
+    pub resumes: u64,
 }
 
 /// The one summary line per tunnel.
@@ -113,15 +116,23 @@ pub(crate) fn log(report: &TunnelReport) {
         .map(|n| n.join(", "));
     let (to_backend, from_backend) = (report.totals.outbound, report.totals.inbound);
     let duration_ms = report.duration.as_millis() as u64;
-    let (route, close) = (report.route.as_str(), report.close);
+    let (route, close, resumes) = (report.route.as_str(), report.close, report.resumes);
     match &report.outcome {
         Ok(()) => info!(
             identity,
-            names, route, to_backend, from_backend, duration_ms, close, "tunnel ended"
+            names, route, to_backend, from_backend, duration_ms, resumes, close, "tunnel ended"
         ),
         Err(error) => warn!(
             identity,
-            names, route, to_backend, from_backend, duration_ms, close, error, "tunnel ended"
+            names,
+            route,
+            to_backend,
+            from_backend,
+            duration_ms,
+            resumes,
+            close,
+            error,
+            "tunnel ended"
         ),
     }
 }

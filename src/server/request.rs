@@ -66,6 +66,13 @@ pub(crate) async fn request(
             "method_not_allowed",
         );
     }
+    // A resume brings a new stream to a tunnel that already holds its slot.
+    if req
+        .headers()
+        .contains_key(crate::session::handshake::RESUME)
+    {
+        return crate::server::resume::resume(req, respond, &config);
+    }
     let Ok(permit) = config.tunnels.clone().try_acquire_owned() else {
         warn!("tunnel limit reached: refusing with 503");
         return refuse(
@@ -88,6 +95,7 @@ pub(crate) async fn request(
         metrics: config.metrics.clone(),
         observer: config.observer.clone(),
         conn,
+        sessions: config.resume.clone(),
         _permit: permit,
     };
     tunnel.run(req, respond).await;

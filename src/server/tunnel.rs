@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::RecvStream;
 use http::{Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +19,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{field, info_span, Instrument};
 
 use crate::authz::PeerIdentity;
+use crate::server::carried::Carried;
 use crate::server::metrics::Metrics;
 use crate::server::proxy_protocol;
 use crate::server::reload::Material;
@@ -27,6 +28,7 @@ use crate::server::report::{log, Observer, TunnelError, TunnelReport};
 use crate::server::routes::Route;
 use crate::server::watchdog::{self, Activity, Expired, Metered};
 use crate::server::windows::Counted;
+use crate::session::{handshake, Phase, Registry, ResumeKey, Session};
 use crate::tls::{self, HandshakeFailure};
 use crate::transport::splice::{self, Totals};
 use crate::transport::stream::H2Stream;
@@ -56,6 +58,8 @@ pub(crate) struct Tunnel {
     /// This request on its connection: marked established once the client
     /// is authenticated, which earns the connection wider windows.
     pub(crate) conn: Counted,
+    /// The process's sessions, unless `--no-resume`.
+    pub(crate) sessions: Option<Registry>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -78,6 +82,7 @@ impl Tunnel {
             duration: Duration::ZERO,
             close: "closed",
             outcome: Ok(()),
+            resumes: 0,
         };
         let result = self
             .tunnel(req, respond, &mut report)
@@ -117,6 +122,13 @@ impl Tunnel {
         report: &mut TunnelReport,
     ) -> Result<(), TunnelError> {
         let routes = &self.material.routes;
+        // Resume only if the client asked, in the version we speak.
+        let sessions = self.sessions.as_ref().filter(|_| {
+            req.headers()
+                .get(handshake::SESSION)
+                .is_some_and(|v| v.as_bytes() == handshake::VERSION.as_bytes())
+        });
+        let body = req.into_body();
         // Any route's config will do to take the stream back when no route fits.
         let Some(any_inner) = routes.iter().find_map(|r| r.inner.clone()) else {
             // Plain tunnel: like Envoy, answer only once the backend is connected,
@@ -143,14 +155,106 @@ impl Tunnel {
             };
             // No client to authenticate: the backend now reads what comes.
             self.conn.establish();
-            let send = respond.send_response(ok(), false)?;
-            let mut stream = H2Stream::server(send, req.into_body());
-            return self.copy(&mut stream, &mut backend, report, |s| s).await;
+            let Some(registry) = sessions else {
+                let send = respond.send_response(ok(), false)?;
+                let mut stream = H2Stream::server(send, body);
+                return self.copy(&mut stream, &mut backend, report, |s| s).await;
+            };
+            // No inner TLS to export a key from: the `200` carries one.
+            let key = ResumeKey::random();
+            let mut session = self.open(registry, &mut respond, body, Some(&key))?;
+            session.handle().set_key(key);
+            let result = self.copy(&mut session, &mut backend, report, |s| s).await;
+            report.resumes = session.handle().stats().resumes;
+            return result;
         };
         // Answer first: the client's inner ClientHello is already on its way, and
         // it needs the response to read our ServerHello.
-        let send = respond.send_response(ok(), false)?;
-        let stream = H2Stream::server(send, req.into_body());
+        match sessions {
+            None => {
+                let send = respond.send_response(ok(), false)?;
+                let stream = H2Stream::server(send, body);
+                self.inner(stream, any_inner, report).await
+            }
+            Some(registry) => {
+                let session = self.open(registry, &mut respond, body, None)?;
+                let handle = session.handle();
+                let result = self.inner(session, any_inner, report).await;
+                report.resumes = handle.stats().resumes;
+                result
+            }
+        }
+    }
+
+    /// Answers `200` with a new session's id (and, on a plain tunnel, its
+    /// key) and runs the session over the stream that opens; a task beside
+    /// it notices cuts and keeps the detached count.
+    fn open(
+        &self,
+        registry: &Registry,
+        respond: &mut SendResponse<Bytes>,
+        body: RecvStream,
+        key: Option<&ResumeKey>,
+    ) -> Result<Session, TunnelError> {
+        let mut failed = None;
+        let mut body = Some(body);
+        let session = registry.open_with(|id| {
+            let mut response = ok();
+            let headers = response.headers_mut();
+            headers.insert(
+                handshake::SESSION,
+                http::HeaderValue::try_from(id.to_string()).ok()?,
+            );
+            if let Some(key) = key {
+                headers.insert(handshake::SESSION_KEY, key.to_header());
+            }
+            match respond.send_response(response, false) {
+                Ok(send) => Some(H2Stream::server(send, body.take()?)),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        });
+        let Some(session) = session else {
+            return Err(failed.map(TunnelError::Stream).unwrap_or_else(|| {
+                TunnelError::Copy(std::io::Error::other("stream gone before its answer"))
+            }));
+        };
+        let handle = session.handle();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut watch = handle.watch();
+            let watcher = async {
+                let mut detached = false;
+                loop {
+                    let phase = *watch.borrow_and_update();
+                    if (phase == Phase::Detached) != detached {
+                        detached = !detached;
+                        metrics.detached(detached);
+                    }
+                    if phase == Phase::Ended || watch.changed().await.is_err() {
+                        if detached {
+                            metrics.detached(false);
+                        }
+                        return;
+                    }
+                }
+            };
+            tokio::join!(handle.drive(), watcher);
+            metrics.add_resent(handle.stats().resent);
+        });
+        Ok(session)
+    }
+
+    /// The inner mTLS over `stream`, the identity check, the backend, the copy.
+    async fn inner<S: Carried + 'static>(
+        &self,
+        stream: S,
+        any_inner: Arc<rustls::ServerConfig>,
+        report: &mut TunnelReport,
+    ) -> Result<(), TunnelError> {
+        let routes = &self.material.routes;
         // One deadline for the whole inner handshake, ClientHello included.
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
         let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -167,7 +271,7 @@ impl Tunnel {
             // Nothing to hand the ClientHello to: reset instead of answering.
             let mut accept = start.into_stream(any_inner);
             if let Some(s) = accept.get_mut() {
-                s.reset(Reason::CONNECT_ERROR);
+                s.refuse().await;
             }
             return Err(self.no_route(sni));
         };
@@ -185,7 +289,9 @@ impl Tunnel {
         };
         // From here the inner TLS carries half-closes (close_notify), so our
         // END_STREAM may wait for the client's; see `defer_end_stream`.
-        tls.get_mut().0.defer_end_stream();
+        let (io, conn) = tls.get_mut();
+        io.defer_end();
+        io.keyed(conn);
         // Authenticated: only now may the connection buffer at full windows.
         self.conn.establish();
         report.identity = tls::peer_identity(tls.get_ref().1).map(|mut id| {
@@ -198,9 +304,7 @@ impl Tunnel {
         let mut backend = match self.backend(route, report.identity.as_ref()).await {
             Ok(b) => b,
             Err(e) => {
-                // CONNECT_ERROR is what RFC 9113 §8.5 prescribes for a failed
-                // CONNECT target; the client turns it into a reset of its socket.
-                tls.get_mut().0.reset(Reason::CONNECT_ERROR);
+                tls.get_mut().0.refuse().await;
                 return Err(e);
             }
         };
@@ -245,15 +349,16 @@ impl Tunnel {
 
     /// Copies until both directions end, the tunnel idles out or reaches its
     /// lifetime; a failure on one side resets the other (`reset` for the client's).
-    async fn copy<S>(
+    async fn copy<S, C>(
         &self,
         stream: &mut S,
         backend: &mut Metered<TcpStream>,
         report: &mut TunnelReport,
-        h2: impl Fn(&mut S) -> &mut H2Stream,
+        carried: impl Fn(&mut S) -> &mut C,
     ) -> Result<(), TunnelError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
+        C: Carried,
     {
         let activity = backend.activity();
         let (idle, lifetime) = (self.limits.idle_timeout, self.limits.max_lifetime);
@@ -262,6 +367,7 @@ impl Tunnel {
                 report.totals = totals;
                 if let Err(e) = result {
                     splice::abort(&backend.inner);
+                    carried(stream).failed().await;
                     return Err(TunnelError::Copy(e));
                 }
                 let _ = backend.shutdown().await;
@@ -269,7 +375,7 @@ impl Tunnel {
                 // with the client's END_STREAM still in flight resets the
                 // stream, and a reset can discard response bytes the client
                 // has not read yet.
-                h2(stream).finish().await;
+                carried(stream).finish().await;
                 return Ok(());
             }
             expired = watchdog::expiry(&activity, idle, lifetime) => expired,
@@ -277,7 +383,7 @@ impl Tunnel {
         // The copy was cut short, so its totals are lost; the metrics still
         // counted every byte.
         splice::abort(&backend.inner);
-        h2(stream).reset(Reason::CANCEL);
+        carried(stream).cancel().await;
         Err(match expired {
             Expired::Idle(d) => TunnelError::Idle(d),
             Expired::Lifetime(d) => TunnelError::Lifetime(d),

@@ -87,6 +87,38 @@ impl H2Stream {
         }
     }
 
+    /// Client side: waits for the response and returns its headers (the
+    /// session layer's answers and the front end's cookies are there); a
+    /// status other than `200` is the same [`Refused`] error a read gives.
+    /// Body bytes are left for the reads that follow.
+    pub async fn response(&mut self) -> io::Result<http::HeaderMap> {
+        let Recv::Response(fut) = &mut self.recv else {
+            return Ok(http::HeaderMap::new());
+        };
+        match fut.await {
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                let (parts, body) = resp.into_parts();
+                self.recv = Recv::Body(body);
+                Ok(parts.headers)
+            }
+            Ok(resp) => {
+                self.recv = Recv::Eof;
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    Refused {
+                        status: resp.status(),
+                    },
+                ))
+            }
+            Err(e) => {
+                let end = read_end(e, &mut self.recv);
+                Err(end
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))
+            }
+        }
+    }
+
     /// Attaches a guard that is dropped together with the stream.
     pub fn with_guard(mut self, guard: StreamGuard) -> Self {
         self._guard = Some(guard);

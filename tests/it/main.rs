@@ -24,6 +24,7 @@ mod limits;
 mod operations;
 mod pem;
 mod reload;
+mod resume;
 mod routes;
 mod scheduling;
 mod tokens;

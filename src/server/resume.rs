@@ -1,0 +1,77 @@
+//! Resume requests: a cut tunnel's client naming its session on a new
+//! stream. The session is looked up in the process's
+//! [`Registry`](crate::session::Registry); if every check passes the stream
+//! becomes the session's new carrier, and the tunnel's own task (backend
+//! connection, inner TLS) carries on where it was. A refusal changes
+//! nothing in the session and is answered with its own status and a
+//! `postern-resume-refused` header naming the reason.
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use crate::server::config::Config;
+use crate::server::reply::ok;
+use crate::session::handshake::RESUME_REFUSED;
+use crate::session::ResumeRequest;
+use crate::transport::stream::H2Stream;
+
+/// Answers one resume request.
+pub(crate) fn resume(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, config: &Config) {
+    let metrics = &config.metrics;
+    let Some(registry) = &config.resume else {
+        // Resume is off here, so no session of this process can match.
+        metrics.resumed(false, "unknown_session");
+        return refuse(&mut respond, StatusCode::NOT_FOUND, "unknown_session");
+    };
+    let request = match ResumeRequest::from_headers(req.headers()) {
+        Ok(Some(request)) => request,
+        Ok(None) => return refuse(&mut respond, StatusCode::BAD_REQUEST, "malformed"),
+        Err(why) => {
+            debug!(%why, "malformed resume request");
+            metrics.resumed(false, "malformed");
+            return refuse(&mut respond, StatusCode::BAD_REQUEST, "malformed");
+        }
+    };
+    let mut body = Some(req.into_body());
+    let answered = registry.resume_with(&request, |answer| {
+        let mut response = ok();
+        answer.to_headers(response.headers_mut());
+        let send = respond.send_response(response, false).ok()?;
+        Some(H2Stream::server(send, body.take()?))
+    });
+    match answered {
+        Ok((_, Some(old))) => {
+            metrics.resumed(true, "ok");
+            info!(session = %request.id, generation = request.generation + 1, "session resumed");
+            if let Some(mut old) = old {
+                // The old carrier carries nothing more: end it cleanly, so a
+                // front end does not report the request as failed.
+                tokio::spawn(async move {
+                    let _ = old.shutdown().await;
+                });
+            }
+        }
+        Ok((_, None)) => debug!(session = %request.id, "resume stream gone before its answer"),
+        Err(refusal) => {
+            metrics.resumed(false, refusal.label());
+            warn!(session = %request.id, reason = refusal.label(), detail = %refusal, "resume refused");
+            refuse(&mut respond, refusal.status(), refusal.label());
+        }
+    }
+}
+
+fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, label: &'static str) {
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .header(RESUME_REFUSED, label)
+        .body(())
+        .unwrap_or_default();
+    if let Ok(mut send) = respond.send_response(response, false) {
+        let _ = send.send_data(Bytes::from(format!("resume refused: {label}\n")), true);
+    }
+}

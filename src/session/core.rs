@@ -1,0 +1,963 @@
+//! [`Session`]: one application byte stream over any number of carriers.
+//!
+//! The application side sees `AsyncRead + AsyncWrite`. Underneath, bytes
+//! travel as [`Frame`]s over the current carrier; written bytes stay in the
+//! [`Replay`] buffer until the peer acknowledges them, and received bytes
+//! wait in the inbox until the application reads them. When the carrier
+//! fails, the session is *detached*: reads and writes pend (they do not
+//! fail) until a new carrier is attached or the grace period ends.
+//!
+//! There is no task of its own: whichever application call polls the
+//! session drives the carrier, with a waker that wakes both the reading and
+//! the writing side, so a split session (reader and writer on different
+//! tasks) makes progress either way.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio_util::codec::Decoder as _;
+
+use super::frame::{self, Frame, FrameCodec, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME};
+use super::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
+use super::registry::{Budget, Refusal};
+use super::replay::Replay;
+use super::{Config, Phase, Stats};
+
+/// What a session can run over: an `H2Stream` in production, anything
+/// byte-stream-shaped in tests.
+pub trait Carrier: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Carrier for T {}
+
+/// Frames staged for the carrier at most (then writes wait for it).
+const OUT_HIGH: usize = 4 * MAX_FRAME;
+/// Reads from the carrier per poll before yielding to other tasks.
+const READ_BUDGET: usize = 32;
+
+/// An accepted resume made with `accept_resume_with`: the signed answer,
+/// and `None` if the carrier could not be made, else the carrier replaced.
+pub type Accepted = (ResumeResponse, Option<Option<Box<dyn Carrier>>>);
+
+/// The application's side of a session.
+pub struct Session {
+    shared: Arc<Shared>,
+    _registration: Option<super::registry::Registration>,
+}
+
+/// A handle for attaching carriers, keying and watching a session, held by
+/// whoever reconnects (the client) or accepts resumes (the registry).
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    config: Config,
+    state: Mutex<State>,
+    wakers: Arc<Wakers>,
+    phase: watch::Sender<Phase>,
+}
+
+#[derive(Default)]
+struct Wakers {
+    read: Mutex<Option<Waker>>,
+    write: Mutex<Option<Waker>>,
+    driver: Mutex<Option<Waker>>,
+}
+
+/// Which caller drives the session: it is not woken for its own progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+    Driver,
+}
+
+impl Wakers {
+    fn set(slot: &Mutex<Option<Waker>>, waker: &Waker) {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    fn wake(slot: &Mutex<Option<Waker>>) {
+        if let Some(w) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        Wakers::wake(&self.read);
+        Wakers::wake(&self.write);
+        Wakers::wake(&self.driver);
+    }
+}
+
+/// The current carrier and what has been sent on it.
+struct Link {
+    io: Box<dyn Carrier>,
+    rbuf: BytesMut,
+    out: BytesMut,
+    /// Next offset to send on this carrier.
+    sent: u64,
+    fin_sent: bool,
+    close_sent: bool,
+    /// The last ACK value sent on this carrier.
+    acked_sent: Option<u64>,
+    read_idle: bool,
+    unflushed: bool,
+}
+
+impl Link {
+    fn new(io: Box<dyn Carrier>, sent: u64, fin_sent: bool, acked_sent: Option<u64>) -> Link {
+        Link {
+            io,
+            rbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            sent,
+            fin_sent,
+            close_sent: false,
+            acked_sent,
+            read_idle: false,
+            unflushed: false,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// Both directions finished and acknowledged.
+    Done,
+    /// The peer sent CLOSE with this code.
+    PeerReset(u32),
+    /// We reset it (the application connection was reset).
+    LocalReset,
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// Detached for the whole grace period.
+    Expired,
+    /// Cut with no way to resume (no grace, the detached limits, or the
+    /// resumer gave up).
+    Abandoned(String),
+}
+
+/// Why the carrier loop stopped.
+enum Cut {
+    Lost,
+    Protocol(String),
+    Reset(u32),
+}
+
+struct State {
+    id: Option<SessionId>,
+    key: Option<ResumeKey>,
+    link: Option<Link>,
+    generation: u64,
+    end: Option<End>,
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
+    // Sending.
+    replay: Replay,
+    fin_queued: bool,
+    close_queued: Option<u32>,
+    /// Units the peer has acknowledged (bytes, plus one for our FIN).
+    peer_acked: u64,
+    // Receiving.
+    inbox: VecDeque<Bytes>,
+    inbox_len: usize,
+    received: u64,
+    consumed: u64,
+    peer_fin: bool,
+    eof_read: bool,
+    peer_done: bool,
+    // Accounting while detached.
+    budget: Option<Arc<Budget>>,
+    charged: Option<usize>,
+    stats: Stats,
+    wake_read: bool,
+    wake_write: bool,
+}
+
+impl State {
+    /// Units received, as a resume names them: bytes, plus one for a FIN.
+    fn received_units(&self) -> u64 {
+        self.received + u64::from(self.peer_fin)
+    }
+
+    /// What the ACK says: consumed bytes, plus one once the FIN was read.
+    fn consumed_units(&self) -> u64 {
+        self.consumed + u64::from(self.eof_read)
+    }
+
+    fn fin_acked(&self) -> bool {
+        self.fin_queued && self.peer_acked > self.replay.end()
+    }
+
+    /// Everything delivered both ways: nothing a resume could add.
+    fn complete(&self) -> bool {
+        self.peer_done || (self.fin_acked() && self.peer_fin)
+    }
+
+    /// Memory held for the session: what a detached one is charged.
+    fn memory(&self) -> usize {
+        self.replay.charge() + self.inbox_len + self.inbox.len() * super::replay::CHUNK_OVERHEAD
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        use io::ErrorKind::*;
+        let (kind, text) = match self.end.as_ref()? {
+            End::Done => return None,
+            End::PeerReset(code) => (
+                ConnectionReset,
+                format!("session reset by peer (code {code})"),
+            ),
+            End::LocalReset => (ConnectionReset, "session reset".into()),
+            End::Protocol(why) => (InvalidData, format!("session protocol error: {why}")),
+            End::Expired => (
+                TimedOut,
+                "session not resumed within the grace period".into(),
+            ),
+            End::Abandoned(why) => (ConnectionAborted, why.clone()),
+        };
+        Some(io::Error::new(kind, text))
+    }
+
+    fn finish(&mut self, end: End, phase: &watch::Sender<Phase>) {
+        if self.end.is_none() {
+            self.end = Some(end);
+            self.link = None;
+            self.grace = None;
+            self.release();
+            phase.send_replace(Phase::Ended);
+            self.wake_read = true;
+            self.wake_write = true;
+        }
+    }
+
+    fn release(&mut self) {
+        if let (Some(budget), Some(bytes)) = (&self.budget, self.charged.take()) {
+            budget.release(bytes);
+        }
+    }
+
+    /// Polls the carrier both ways and the grace timer.
+    fn drive(&mut self, shared: &Shared, cx: &mut Context<'_>, read: bool) {
+        if self.end.is_some() {
+            return;
+        }
+        if let Some(mut link) = self.link.take() {
+            let pumped = if read {
+                self.pump_read(&mut link, &shared.config, cx)
+            } else {
+                Ok(())
+            };
+            match pumped.and_then(|()| self.pump_write(&mut link, &shared.config, cx)) {
+                Ok(()) => self.link = Some(link),
+                Err(Cut::Lost) => self.detach(shared),
+                Err(Cut::Reset(code)) => self.finish(End::PeerReset(code), &shared.phase),
+                Err(Cut::Protocol(why)) => {
+                    // Best effort: tell the peer why before dropping the carrier.
+                    frame::put_close(&mut link.out, CLOSE_PROTOCOL);
+                    let _ = Pin::new(&mut link.io).poll_write(cx, &link.out);
+                    self.finish(End::Protocol(why), &shared.phase);
+                }
+            }
+        }
+        if self.link.is_none() && self.end.is_none() {
+            if let Some(grace) = &mut self.grace {
+                if grace.as_mut().poll(cx).is_ready() {
+                    self.finish(End::Expired, &shared.phase);
+                }
+            }
+        }
+    }
+
+    fn detach(&mut self, shared: &Shared) {
+        if self.complete() {
+            return self.finish(End::Done, &shared.phase);
+        }
+        if shared.config.grace.is_zero() || self.id.is_none() || self.key.is_none() {
+            return self.finish(
+                End::Abandoned("carrier lost before the session could resume".into()),
+                &shared.phase,
+            );
+        }
+        if let Some(budget) = &self.budget {
+            let bytes = self.memory();
+            if !budget.admit(bytes) {
+                return self.finish(
+                    End::Abandoned(
+                        "carrier lost; too many detached sessions to keep this one".into(),
+                    ),
+                    &shared.phase,
+                );
+            }
+            self.charged = Some(bytes);
+        }
+        self.grace = Some(Box::pin(tokio::time::sleep(shared.config.grace)));
+        shared.phase.send_replace(Phase::Detached);
+        self.wake_read = true;
+        self.wake_write = true;
+    }
+
+    fn pump_read(
+        &mut self,
+        link: &mut Link,
+        config: &Config,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Cut> {
+        for _ in 0..READ_BUDGET {
+            loop {
+                match FrameCodec.decode(&mut link.rbuf) {
+                    Ok(Some(frame)) => self.apply(frame, config)?,
+                    Ok(None) => break,
+                    Err(e) => return Err(Cut::Protocol(e.to_string())),
+                }
+            }
+            if link.rbuf.capacity() - link.rbuf.len() < MAX_DATA {
+                link.rbuf.reserve(MAX_FRAME);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut link.io), cx, &mut link.rbuf) {
+                Poll::Pending => {
+                    link.read_idle = true;
+                    return Ok(());
+                }
+                // A carrier that ends without CLOSE is a cut, never an end.
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Cut::Lost),
+                Poll::Ready(Ok(_)) => link.read_idle = false,
+            }
+        }
+        // More may be waiting: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: Frame, config: &Config) -> Result<(), Cut> {
+        let protocol = |why: String| Err(Cut::Protocol(why));
+        match frame {
+            Frame::Data { offset, payload } => {
+                let end = offset + payload.len() as u64;
+                if self.peer_fin {
+                    return protocol(format!("DATA at {offset} after FIN at {}", self.received));
+                }
+                if offset > self.received {
+                    return protocol(format!(
+                        "DATA at {offset} leaves a gap after {}",
+                        self.received
+                    ));
+                }
+                if end > self.consumed + config.window as u64 {
+                    return protocol(format!(
+                        "DATA up to {end} exceeds the window ({} consumed + {})",
+                        self.consumed, config.window
+                    ));
+                }
+                if end > self.received {
+                    let fresh = payload.slice((self.received - offset) as usize..);
+                    self.inbox_len += fresh.len();
+                    self.inbox.push_back(fresh);
+                    self.received = end;
+                    self.wake_read = true;
+                }
+            }
+            Frame::Ack { consumed } => {
+                let limit = self.replay.end() + u64::from(self.fin_queued);
+                if consumed > limit {
+                    return protocol(format!("ACK of {consumed} but only {limit} sent"));
+                }
+                if consumed > self.peer_acked {
+                    self.peer_acked = consumed;
+                    self.replay.ack(consumed);
+                    self.wake_write = true;
+                }
+            }
+            Frame::Fin { offset } => {
+                if offset != self.received {
+                    return protocol(format!("FIN at {offset} but {} received", self.received));
+                }
+                if !self.peer_fin {
+                    self.peer_fin = true;
+                    self.wake_read = true;
+                }
+            }
+            Frame::Close { code: CLOSE_DONE } => {
+                if !self.peer_fin {
+                    return protocol("CLOSE before FIN".into());
+                }
+                self.peer_done = true;
+                self.wake_write = true;
+            }
+            Frame::Close { code } => return Err(Cut::Reset(code)),
+        }
+        Ok(())
+    }
+
+    fn pump_write(
+        &mut self,
+        link: &mut Link,
+        config: &Config,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Cut> {
+        loop {
+            if link.out.len() < OUT_HIGH {
+                self.stage(link, config);
+            }
+            if link.out.is_empty() {
+                break;
+            }
+            match Pin::new(&mut link.io).poll_write(cx, &link.out) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Cut::Lost),
+                Poll::Ready(Ok(n)) => {
+                    link.out.advance(n);
+                    link.unflushed = true;
+                }
+            }
+        }
+        if link.unflushed {
+            match Pin::new(&mut link.io).poll_flush(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(_)) => return Err(Cut::Lost),
+                Poll::Ready(Ok(())) => link.unflushed = false,
+            }
+        }
+        if link.close_sent {
+            // After CLOSE the carrier carries nothing more: end it cleanly.
+            let _ = Pin::new(&mut link.io).poll_shutdown(cx);
+        }
+        Ok(())
+    }
+
+    /// Encodes what is due on the carrier: an ACK, DATA, FIN, CLOSE.
+    fn stage(&mut self, link: &mut Link, config: &Config) {
+        let ack = self.consumed_units();
+        let due = match link.acked_sent {
+            None => true,
+            Some(last) if last == ack => false,
+            // Every eighth of the window keeps a busy peer from stalling;
+            // an idle moment flushes the rest so its replay buffer drains.
+            Some(last) => {
+                ack - last >= (config.window as u64 / 8).max(1)
+                    || (self.inbox.is_empty() && link.read_idle)
+            }
+        };
+        if due {
+            frame::put_ack(&mut link.out, ack);
+            link.acked_sent = Some(ack);
+        }
+        while link.out.len() < OUT_HIGH && link.sent < self.replay.end() {
+            let piece = self.replay.read_at(link.sent, MAX_DATA);
+            frame::put_data(&mut link.out, link.sent, &piece);
+            link.sent += piece.len() as u64;
+        }
+        if self.fin_queued && !link.fin_sent && link.sent == self.replay.end() && !self.fin_acked()
+        {
+            frame::put_fin(&mut link.out, link.sent);
+            link.fin_sent = true;
+        }
+        if let Some(code) = self.close_queued {
+            if !link.close_sent && (code != CLOSE_DONE || link.fin_sent || self.fin_acked()) {
+                frame::put_close(&mut link.out, code);
+                link.close_sent = true;
+            }
+        }
+    }
+
+    /// Checks a resume's offset against what the replay buffer holds.
+    fn check_offset(&self, received: u64) -> Result<(), Refusal> {
+        let (base, end) = (
+            self.replay.base(),
+            self.replay.end() + u64::from(self.fin_queued),
+        );
+        if received < base || received > end {
+            return Err(Refusal::OffsetOutsideWindow {
+                received,
+                base,
+                end,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts `io` in place of the current carrier (if any); sending restarts
+    /// at what the peer says it has received.
+    fn attach(
+        &mut self,
+        shared: &Shared,
+        io: Box<dyn Carrier>,
+        peer_received: u64,
+    ) -> Option<Box<dyn Carrier>> {
+        let end = self.replay.end();
+        let sent = peer_received.min(end);
+        self.stats.resumes += 1;
+        self.stats.resent += end - sent;
+        self.generation += 1;
+        self.grace = None;
+        self.release();
+        let old = self
+            .link
+            .replace(Link::new(io, sent, peer_received > end, None));
+        shared.phase.send_replace(Phase::Attached {
+            generation: self.generation,
+        });
+        self.wake_read = true;
+        self.wake_write = true;
+        old.map(|l| l.io)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state with the carrier driven first, under a context
+    /// whose waker wakes both application sides, then wakes the side that
+    /// `f`'s caller is not (it returns or re-registers by itself).
+    fn with<T>(&self, side: Side, f: impl FnOnce(&mut State, &Shared, &mut Context<'_>) -> T) -> T {
+        let waker = Waker::from(self.wakers.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut state = self.lock();
+        state.drive(self, &mut cx, true);
+        let out = f(&mut state, self, &mut cx);
+        let (read, write) = (
+            std::mem::take(&mut state.wake_read),
+            std::mem::take(&mut state.wake_write),
+        );
+        drop(state);
+        if read && side != Side::Read {
+            Wakers::wake(&self.wakers.read);
+        }
+        if write && side != Side::Write {
+            Wakers::wake(&self.wakers.write);
+        }
+        out
+    }
+
+    /// A change from outside the application's calls (attach, key): both
+    /// sides are woken to drive the session.
+    fn wake_all(&self) {
+        self.wakers.wake_by_ref();
+    }
+}
+
+impl Session {
+    /// A new session on its first carrier. The client does not know the id
+    /// yet (it comes in the `200`); the key comes after the inner handshake.
+    pub fn new(config: Config, carrier: impl Carrier, id: Option<SessionId>) -> Session {
+        let replay = Replay::new(config.window);
+        let state = State {
+            id,
+            key: None,
+            link: Some(Link::new(Box::new(carrier), 0, false, Some(0))),
+            generation: 1,
+            end: None,
+            grace: None,
+            replay,
+            fin_queued: false,
+            close_queued: None,
+            peer_acked: 0,
+            inbox: VecDeque::new(),
+            inbox_len: 0,
+            received: 0,
+            consumed: 0,
+            peer_fin: false,
+            eof_read: false,
+            peer_done: false,
+            budget: None,
+            charged: None,
+            stats: Stats::default(),
+            wake_read: false,
+            wake_write: false,
+        };
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(state),
+            wakers: Arc::new(Wakers::default()),
+            phase: watch::Sender::new(Phase::Attached { generation: 1 }),
+        });
+        Session {
+            shared,
+            _registration: None,
+        }
+    }
+
+    pub(crate) fn registered(
+        mut self,
+        budget: Arc<Budget>,
+        registration: super::registry::Registration,
+    ) -> Session {
+        self.shared.lock().budget = Some(budget);
+        self._registration = Some(registration);
+        self
+    }
+
+    /// The control handle.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Ends the session as a reset: the peer's application reads and writes
+    /// fail with `ConnectionReset` (what an RST is for a TCP connection).
+    /// Sent on the current carrier if there is one; a detached session just
+    /// ends, and the peer's resume then finds it gone.
+    pub async fn reset(&mut self) {
+        self.close_with(frame::CLOSE_RESET).await;
+        let shared = self.shared.clone();
+        shared.with(Side::Read, |st, sh, _| {
+            st.finish(End::LocalReset, &sh.phase)
+        });
+    }
+
+    /// After both directions have ended (the application wrote its FIN and
+    /// read the peer's), waits until the peer has acknowledged everything,
+    /// then tells it the session is over, so that neither side tries to
+    /// resume a finished session. Callers bound it with a timeout.
+    pub async fn finish(&mut self) {
+        let shared = self.shared.clone();
+        std::future::poll_fn(|cx| {
+            Wakers::set(&shared.wakers.read, cx.waker());
+            shared.with(Side::Read, |st, _, _| {
+                if st.end.is_some() || st.complete() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await;
+        self.close_with(CLOSE_DONE).await;
+        shared.with(Side::Read, |st, sh, _| st.finish(End::Done, &sh.phase));
+    }
+
+    /// Queues CLOSE `code` and waits until the carrier took it (or is gone).
+    async fn close_with(&mut self, code: u32) {
+        let shared = self.shared.clone();
+        std::future::poll_fn(|cx| {
+            Wakers::set(&shared.wakers.read, cx.waker());
+            shared.with(Side::Read, |st, sh, cx| {
+                st.close_queued.get_or_insert(code);
+                st.drive(sh, cx, false);
+                match &st.link {
+                    Some(link) if !(link.close_sent && link.out.is_empty()) && st.end.is_none() => {
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
+                }
+            })
+        })
+        .await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.finish(End::Abandoned("session dropped".into()), &self.shared.phase);
+    }
+}
+
+impl AsyncRead for Session {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Wakers::set(&self.shared.wakers.read, cx.waker());
+        self.shared.with(Side::Read, |st, sh, cx| {
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            if st.inbox_len > 0 {
+                while buf.remaining() > 0 {
+                    let Some(front) = st.inbox.front_mut() else {
+                        break;
+                    };
+                    let n = front.len().min(buf.remaining());
+                    buf.put_slice(&front[..n]);
+                    front.advance(n);
+                    if front.is_empty() {
+                        st.inbox.pop_front();
+                    }
+                    st.inbox_len -= n;
+                    st.consumed += n as u64;
+                }
+                st.drive(sh, cx, false);
+                return Poll::Ready(Ok(()));
+            }
+            if st.peer_fin {
+                if !st.eof_read {
+                    st.eof_read = true;
+                    st.drive(sh, cx, false);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if st.end.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl AsyncWrite for Session {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Wakers::set(&self.shared.wakers.write, cx.waker());
+        self.shared.with(Side::Write, |st, sh, cx| {
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            if st.fin_queued || st.end.is_some() || st.peer_done {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "session: write after shutdown",
+                )));
+            }
+            if bufs.iter().all(|b| b.is_empty()) {
+                return Poll::Ready(Ok(0));
+            }
+            // Detached, nothing is taken: a detached session's memory stays
+            // what it was charged when it detached.
+            if st.link.is_none() {
+                return Poll::Pending;
+            }
+            let mut n = 0;
+            for b in bufs {
+                let took = st.replay.push(b);
+                n += took;
+                if took < b.len() {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Poll::Pending;
+            }
+            st.drive(sh, cx, false);
+            Poll::Ready(Ok(n))
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Ready once every byte written has been handed to a carrier.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Wakers::set(&self.shared.wakers.write, cx.waker());
+        self.shared.with(Side::Write, |st, _, _| {
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            match &st.link {
+                _ if st.end.is_some() => Poll::Ready(Ok(())),
+                Some(l) if l.out.is_empty() && !l.unflushed && l.sent == st.replay.end() => {
+                    Poll::Ready(Ok(()))
+                }
+                _ => Poll::Pending,
+            }
+        })
+    }
+
+    /// Queues the FIN (a half-close), delivered exactly once, across cuts.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Wakers::set(&self.shared.wakers.write, cx.waker());
+        self.shared.with(Side::Write, |st, sh, cx| {
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            if !st.fin_queued {
+                st.fin_queued = true;
+                st.drive(sh, cx, false);
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+}
+
+impl SessionHandle {
+    /// Drives the carrier when the application does not (it may be busy
+    /// elsewhere, or only writing): reads frames into the inbox (at most the
+    /// window), sends acknowledgements, notices a cut and the end of the
+    /// grace period. Returns when the session ends. The side that resumes
+    /// runs it beside its reconnect loop, so a cut is seen at once.
+    pub async fn drive(&self) {
+        std::future::poll_fn(|cx| {
+            Wakers::set(&self.shared.wakers.driver, cx.waker());
+            self.shared.with(Side::Driver, |st, _, _| {
+                if st.end.is_some() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await
+    }
+
+    /// The session's id, once known.
+    pub fn id(&self) -> Option<SessionId> {
+        self.shared.lock().id
+    }
+
+    /// Sets the id the server named in its `200` (client side); an id that
+    /// is already set stays.
+    pub fn set_id(&self, id: SessionId) {
+        self.shared.lock().id.get_or_insert(id);
+    }
+
+    /// Installs the resume key: after the inner handshake (exported), or
+    /// from the plain tunnel's `200`. Until then a cut ends the session.
+    pub fn set_key(&self, key: ResumeKey) {
+        self.shared.lock().key = Some(key);
+    }
+
+    /// Attached, detached or ended; `changed()` wakes on each transition.
+    pub fn watch(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.shared.phase.borrow()
+    }
+
+    /// Resumes and bytes resent so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats
+    }
+
+    /// The client's resume request for a new carrier, if the session can
+    /// resume (id and key known, not ended).
+    pub fn resume_request(&self) -> Option<ResumeRequest> {
+        let st = self.shared.lock();
+        if st.end.is_some() {
+            return None;
+        }
+        let (id, key) = (st.id?, st.key.as_ref()?);
+        Some(ResumeRequest::new(
+            key,
+            id,
+            st.generation,
+            st.received_units(),
+        ))
+    }
+
+    /// Client side: the server accepted `request` on `carrier` and answered
+    /// `response`; checks the server's proof and offset, then attaches.
+    /// Returns the carrier it replaced, for the caller to end cleanly.
+    pub fn complete_resume(
+        &self,
+        carrier: impl Carrier,
+        request: &ResumeRequest,
+        response: &ResumeResponse,
+    ) -> Result<Option<Box<dyn Carrier>>, Refusal> {
+        let shared = &self.shared;
+        let old = {
+            let mut st = shared.lock();
+            let key = st.key.as_ref().ok_or(Refusal::UnknownSession)?;
+            if st.end.is_some() || st.id != Some(request.id) {
+                return Err(Refusal::UnknownSession);
+            }
+            if st.generation != request.generation {
+                return Err(Refusal::AlreadyAttached {
+                    current: st.generation,
+                    named: request.generation,
+                });
+            }
+            if !response.verify(key, &request.id, request.generation + 1) {
+                return Err(Refusal::WrongProof);
+            }
+            st.check_offset(response.received)?;
+            st.attach(shared, Box::new(carrier), response.received)
+        };
+        shared.wake_all();
+        Ok(old)
+    }
+
+    /// Ends the session because whoever resumes it gave up (`why` is what
+    /// the application's reads and writes fail with).
+    pub fn abandon(&self, why: String) {
+        let shared = &self.shared;
+        shared.lock().finish(End::Abandoned(why), &shared.phase);
+        shared.wake_all();
+    }
+
+    /// Server side: checks `request` (proof, generation, offset) without
+    /// touching the session, then attaches `carrier` and returns the signed
+    /// answer and the carrier it replaced.
+    pub fn accept_resume(
+        &self,
+        carrier: impl Carrier,
+        request: &ResumeRequest,
+    ) -> Result<(ResumeResponse, Option<Box<dyn Carrier>>), Refusal> {
+        let mut carrier = Some(carrier);
+        let (response, old) = self.accept_resume_with(request, |_| carrier.take())?;
+        Ok((response, old.flatten()))
+    }
+
+    /// [`SessionHandle::accept_resume`] for a carrier that exists only once
+    /// the answer is known (an HTTP/2 stream's send half comes with its
+    /// response headers): `make` runs under the session's lock with the
+    /// signed answer, so no other resume can slip in between. `None` from
+    /// `make` (the stream is already gone) attaches nothing: the outer
+    /// `Option` of the result is then `None`.
+    pub fn accept_resume_with<C: Carrier>(
+        &self,
+        request: &ResumeRequest,
+        make: impl FnOnce(&ResumeResponse) -> Option<C>,
+    ) -> Result<Accepted, Refusal> {
+        let shared = &self.shared;
+        let answer = {
+            let mut st = shared.lock();
+            let (Some(key), None) = (st.key.clone(), &st.end) else {
+                return Err(Refusal::UnknownSession);
+            };
+            if st.id != Some(request.id) {
+                return Err(Refusal::UnknownSession);
+            }
+            if !request.verify(&key) {
+                return Err(Refusal::WrongProof);
+            }
+            if st.generation != request.generation {
+                return Err(Refusal::AlreadyAttached {
+                    current: st.generation,
+                    named: request.generation,
+                });
+            }
+            st.check_offset(request.received)?;
+            let response =
+                ResumeResponse::new(&key, &request.id, st.generation + 1, st.received_units());
+            let old = make(&response)
+                .map(|carrier| st.attach(shared, Box::new(carrier), request.received));
+            (response, old)
+        };
+        shared.wake_all();
+        Ok(answer)
+    }
+}

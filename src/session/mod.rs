@@ -1,0 +1,106 @@
+//! Resumable tunnels: one application byte stream that outlives any number
+//! of HTTP/2 streams.
+//!
+//! The session layer sits beneath the inner TLS and above the HTTP/2 stream:
+//!
+//! ```text
+//! app ─▶ inner TLS ─▶ Session ─▶ carrier (H2Stream) ─▶ front end ─▶ carrier ─▶ Session ─▶ inner TLS ─▶ backend
+//!                     (framing, replay buffer,          (cut, GOAWAY,
+//!                      acknowledgements)                 request timeout)
+//! ```
+//!
+//! - [`frame`]: the wire framing (DATA, ACK, FIN, CLOSE), so that a cut
+//!   carrier is never mistaken for a half-close or a clean end.
+//! - `replay`: the bounded buffer of bytes the peer has not acknowledged.
+//! - [`Session`] / [`SessionHandle`]: the application's byte stream and the
+//!   control handle that attaches new carriers after a cut.
+//! - [`handshake`]: ids, resume keys (exported from the inner TLS, or random
+//!   for plain tunnels), proofs and the headers that carry them.
+//! - [`Registry`]: the server's sessions by id, with the grace period and
+//!   the limits on detached sessions.
+//!
+//! The wire format is specified in docs/protocol.md, "Resume".
+
+mod core;
+pub mod frame;
+pub mod handshake;
+mod registry;
+mod replay;
+
+use std::time::Duration;
+
+pub use self::core::{Accepted, Carrier, Session, SessionHandle};
+pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
+pub use self::registry::{Limits, Refusal, Registry, Usage};
+
+/// Each direction's window: the most bytes a sender keeps unacknowledged
+/// (its replay buffer) and so the most a receiver may have to hold unread.
+///
+/// The replay buffer must cover the bandwidth-delay product, or a sender
+/// stalls waiting for acknowledgements: what the peer has not acknowledged
+/// is exactly what is in flight plus what the peer's application has not
+/// read yet. Today's HTTP/2 stream window is 8 MiB
+/// ([`crate::transport::stream::STREAM_WINDOW`]), chosen because it carries
+/// one tunnel past 100 MB/s at 20 ms RTT (~143 MB/s measured); a smaller
+/// replay buffer would become the new limit, a larger one would only let a
+/// stalled peer pin more memory. So the same 8 MiB: at 20 ms that is
+/// 400 MB/s of acknowledgement headroom, at 80 ms 100 MB/s. Per tunnel this
+/// bounds the session layer at 8 MiB of replay plus 8 MiB of unread inbox,
+/// whatever the peer does (data past the window is a protocol error), and an
+/// idle tunnel holds nothing (chunks are freed as they are acknowledged).
+pub const WINDOW: usize = 8 * 1024 * 1024;
+
+/// How long a detached session is kept for its client to come back.
+///
+/// 60 s: a cut by the front end (Cloud Run's request timeout, a restart,
+/// GOAWAY) is resumed in one dial plus a round trip, so this is sized for
+/// the slowest common cut, a laptop moving networks or waking its Wi-Fi
+/// (typically 5-30 s). Longer would keep backend connections and buffers of
+/// clients that are gone, on an instance that Cloud Run throttles outside
+/// requests and may scale in; a deployment can raise it with
+/// `--resume-timeout`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+
+/// A session's parameters (both ends must use the same window).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// See [`WINDOW`].
+    pub window: usize,
+    /// See [`DEFAULT_GRACE`]; zero turns resume off (a cut ends the session).
+    pub grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: WINDOW,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// On a carrier; `generation` counts the carriers so far (first = 1).
+    Attached {
+        /// Carriers so far.
+        generation: u64,
+    },
+    /// The carrier was lost; waiting for a resume within the grace period.
+    Detached,
+    /// Over: done, reset, or not resumed in time.
+    Ended,
+}
+
+/// Counts for the tunnel's summary line and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Carriers attached after the first.
+    pub resumes: u64,
+    /// Bytes sent again after resumes.
+    pub resent: u64,
+}
+
+#[cfg(test)]
+mod tests;

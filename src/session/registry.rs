@@ -1,0 +1,257 @@
+//! The server's table of sessions: resumes find their session here by id.
+//!
+//! Detached sessions are what a flood would pile up (each holds a backend
+//! connection and its buffers), so they are limited in count and in memory;
+//! a session cut while the table is at its limits ends at once, as a tunnel
+//! does without resume. A resume is refused (wrong proof, unknown session,
+//! offset outside the replay window, already re-attached) by a lookup and
+//! one HMAC, without touching the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::core::{Carrier, Session, SessionHandle};
+use super::handshake::{ResumeRequest, ResumeResponse, SessionId};
+use super::Config;
+
+/// Why a resume was refused. Each has its own status and label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such session here: never existed, ended, or on another instance.
+    #[error("unknown session")]
+    UnknownSession,
+    /// The proof does not match the session's key.
+    #[error("wrong resume proof")]
+    WrongProof,
+    /// The named offset is not in what the replay buffer holds.
+    #[error("offset {received} outside the replay window {base}..={end}")]
+    OffsetOutsideWindow {
+        /// The offset the resume named.
+        received: u64,
+        /// The oldest unit still held.
+        base: u64,
+        /// One past the newest (a FIN counts one).
+        end: u64,
+    },
+    /// The resume names a carrier the session has already moved past (a
+    /// stale or replayed request, or two resumes racing).
+    #[error("session already attached (carrier {current}, resume names {named})")]
+    AlreadyAttached {
+        /// The session's carrier count.
+        current: u64,
+        /// The count the request named.
+        named: u64,
+    },
+}
+
+impl Refusal {
+    /// The HTTP status a refused resume is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::UnknownSession => StatusCode::NOT_FOUND,
+            Refusal::WrongProof => StatusCode::FORBIDDEN,
+            Refusal::OffsetOutsideWindow { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Refusal::AlreadyAttached { .. } => StatusCode::CONFLICT,
+        }
+    }
+
+    /// A stable snake_case reason (logs, metrics, `postern-resume-refused`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::UnknownSession => "unknown_session",
+            Refusal::WrongProof => "wrong_proof",
+            Refusal::OffsetOutsideWindow { .. } => "offset_outside_window",
+            Refusal::AlreadyAttached { .. } => "already_attached",
+        }
+    }
+}
+
+/// Limits on what detached sessions may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Detached sessions at most.
+    pub max_detached: usize,
+    /// Bytes all detached sessions may hold together.
+    pub max_detached_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 1024 sessions and 256 MiB: a detached interactive session holds a
+    /// few KiB, a bulk one up to its two windows; see docs/protocol.md.
+    fn default() -> Self {
+        Limits {
+            max_detached: 1024,
+            max_detached_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The detached sessions' running totals, shared by every session of one
+/// registry.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limits: Limits,
+    detached: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Budget {
+    /// Counts one more detached session of `bytes`, if the limits allow.
+    pub(crate) fn admit(&self, bytes: usize) -> bool {
+        let count = self.detached.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if count > self.limits.max_detached || total > self.limits.max_detached_bytes {
+            self.release(bytes);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        self.detached.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+type Table = Mutex<HashMap<SessionId, Weak<super::core::Shared>>>;
+
+/// Removes a session from its registry when the session is dropped.
+pub(crate) struct Registration {
+    table: Weak<Table>,
+    id: SessionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.upgrade() {
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
+    }
+}
+
+/// Sessions by id, for resumes; one per server (shared by its workers).
+#[derive(Clone)]
+pub struct Registry {
+    table: Arc<Table>,
+    budget: Arc<Budget>,
+    config: Config,
+}
+
+/// What a registry holds: for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Sessions in the table (attached or detached).
+    pub sessions: usize,
+    /// Detached sessions.
+    pub detached: usize,
+    /// Bytes the detached sessions hold.
+    pub detached_bytes: usize,
+}
+
+impl Registry {
+    /// An empty registry; every session it opens uses `config`.
+    pub fn new(config: Config, limits: Limits) -> Registry {
+        Registry {
+            table: Arc::default(),
+            budget: Arc::new(Budget {
+                limits,
+                detached: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+            }),
+            config,
+        }
+    }
+
+    /// The grace period sessions get.
+    pub fn grace(&self) -> Duration {
+        self.config.grace
+    }
+
+    /// A new session on its first carrier, under a fresh id (for the `200`).
+    pub fn open(&self, carrier: impl Carrier) -> Session {
+        let mut carrier = Some(carrier);
+        // `make` always succeeds here, so a session always comes back.
+        self.open_with(|_| carrier.take())
+            .unwrap_or_else(|| unreachable!("the carrier was given"))
+    }
+
+    /// A new session whose first carrier is made once its id is known (the
+    /// `200` that carries the id is what opens an HTTP/2 stream's send
+    /// half); `None` if `make` returns `None` (the stream is gone).
+    pub fn open_with<C: Carrier>(
+        &self,
+        make: impl FnOnce(&SessionId) -> Option<C>,
+    ) -> Option<Session> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let id = loop {
+            let id = SessionId::random();
+            if !table.contains_key(&id) {
+                break id;
+            }
+        };
+        let carrier = make(&id)?;
+        let session = Session::new(self.config.clone(), carrier, Some(id));
+        table.insert(id, Arc::downgrade(&session.handle().shared));
+        drop(table);
+        let registration = Registration {
+            table: Arc::downgrade(&self.table),
+            id,
+        };
+        Some(session.registered(self.budget.clone(), registration))
+    }
+
+    /// Finds the session `request` names and, if every check passes,
+    /// attaches `carrier` to it. Refusals leave the session as it was.
+    pub fn resume(
+        &self,
+        request: &ResumeRequest,
+        carrier: impl Carrier,
+    ) -> Result<(ResumeResponse, Option<Box<dyn Carrier>>), Refusal> {
+        let shared = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&request.id)
+            .and_then(Weak::upgrade)
+            .ok_or(Refusal::UnknownSession)?;
+        SessionHandle { shared }.accept_resume(carrier, request)
+    }
+
+    /// [`Registry::resume`] with the carrier made from the answer; see
+    /// [`SessionHandle::accept_resume_with`].
+    pub fn resume_with<C: Carrier>(
+        &self,
+        request: &ResumeRequest,
+        make: impl FnOnce(&ResumeResponse) -> Option<C>,
+    ) -> Result<super::core::Accepted, Refusal> {
+        self.handle(request)?.accept_resume_with(request, make)
+    }
+
+    /// The session `request` names, if this registry holds it.
+    fn handle(&self, request: &ResumeRequest) -> Result<SessionHandle, Refusal> {
+        let shared = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&request.id)
+            .and_then(Weak::upgrade)
+            .ok_or(Refusal::UnknownSession)?;
+        Ok(SessionHandle { shared })
+    }
+
+    /// Current totals.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            sessions: self.table.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            detached: self.budget.detached.load(Ordering::Acquire),
+            detached_bytes: self.budget.bytes.load(Ordering::Acquire),
+        }
+    }
+}
