@@ -551,7 +551,9 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
     );
 
     let sock = TcpStream::connect(server.addr).await.unwrap();
+    // h2 shows at most the send buffer as capacity: make room for a window.
     let (client, conn) = postern::transport::settings::client_builder()
+        .max_send_buffer_size(2 * FULL)
         .handshake::<_, Bytes>(sock)
         .await
         .expect("h2 handshake");
@@ -587,25 +589,25 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
     tls.write_all(b"x").await.unwrap();
     let mut client = client.ready().await.unwrap();
     let req = http::Request::post("http://localhost/").body(()).unwrap();
-    let (_response, mut beside) = client.send_request(req, false).unwrap();
+    let (response, mut beside) = client.send_request(req, false).unwrap();
     beside.reserve_capacity(FULL);
     tokio::time::timeout(LIMIT, async {
         while beside.capacity() < FULL {
-            if !matches!(
-                std::future::poll_fn(|cx| beside.poll_capacity(cx)).await,
-                Some(Ok(_))
-            ) {
-                break;
+            let got = std::future::poll_fn(|cx| beside.poll_capacity(cx)).await;
+            if !matches!(got, Some(Ok(_))) {
+                panic!("capacity: {got:?}");
             }
         }
     })
     .await
     .unwrap_or_else(|_| panic!("the window stayed at {} bytes", beside.capacity()));
-    assert!(
-        beside.capacity() >= FULL,
-        "a stream beside an authenticated tunnel got {} bytes of window",
-        beside.capacity()
-    );
+    if beside.capacity() < FULL {
+        let answer = tokio::time::timeout(Duration::from_secs(5), response).await;
+        panic!(
+            "a stream beside an authenticated tunnel got {} bytes of window; its response: {answer:?}",
+            beside.capacity()
+        );
+    }
     drop((tls, beside));
     shutdown.cancel();
 
