@@ -122,10 +122,12 @@ pub async fn serve_draining(
         .await
         .is_err()
     {
-        warn!(
-            tunnels = tracker.len(),
-            "drain timeout: closing what is left"
-        );
+        if !drain_timeout.is_zero() {
+            warn!(
+                tunnels = tracker.len(),
+                "drain timeout: closing what is left"
+            );
+        }
         hard_stop.cancel();
         tracker.wait().await;
     }
