@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 /// beside a bulk download on the same connection, p50, load average 2–7):
 /// 13–16 ms without; with the tunnel copy's yield (see
 /// [`crate::transport::splice`]) 9.8 ms alone, 3.3–3.5 ms together with
-/// 16 KiB and 4.3 ms with 64 KiB. 16 KiB is also what the option's authors
-/// recommend for interactive traffic.
+/// 16 KiB and 4.3 ms with 64 KiB (one run each, so the two are within
+/// noise of each other; the smaller was kept).
 pub const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Prepares an outer socket: no Nagle delay, and at most
