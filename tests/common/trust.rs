@@ -141,7 +141,7 @@ pub async fn raw_client(
         tokens: None,
         handshake_timeout: LIMIT,
         workers: postern::transport::workers::default_count(),
-        resume: Some(Default::default()),
+        resume: None,
     };
     crate::common::start_forward(forward, shutdown).await
 }
