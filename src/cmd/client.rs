@@ -82,6 +82,11 @@ pub struct Args {
     /// e.g. `10s` or `500ms` (a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Ask for resume (a session that outlives cuts of its request). Off by
+    /// default in this version while one case (a local reset's propagation)
+    /// is being fixed.
+    #[arg(long, env = "POSTERN_RESUME", conflicts_with = "no_resume")]
+    pub resume: bool,
     /// Do not ask for resume: every tunnel is the plain byte stream, and a
     /// cut ends the local connection.
     #[arg(long, env = "POSTERN_NO_RESUME")]
@@ -163,7 +168,7 @@ impl Forward {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
-            resume: (!args.no_resume).then(|| client::ResumePolicy {
+            resume: (args.resume && !args.no_resume).then(|| client::ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
                 ..client::ResumePolicy::default()
             }),

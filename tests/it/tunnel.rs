@@ -118,7 +118,7 @@ async fn client_without_certificate_is_refused_before_backend() {
         tokens: None,
         handshake_timeout: LIMIT,
         workers: workers::default_count(),
-        resume: Some(Default::default()),
+        resume: None,
     });
     let client = start_forward(forward, &shutdown).await;
     assert_refused(client).await;

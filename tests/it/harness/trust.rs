@@ -56,7 +56,7 @@ pub async fn raw_client(
         tokens: None,
         handshake_timeout: LIMIT,
         workers: workers::default_count(),
-        resume: Some(Default::default()),
+        resume: None,
     });
     start_forward(forward, shutdown).await
 }
