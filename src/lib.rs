@@ -26,7 +26,11 @@
 //!   place for windows, frame and header sizes), `splice` (the
 //!   bidirectional copy and its counts), `accept` (the one accept loop),
 //!   `workers` (single-threaded runtimes; a connection and all it carries
-//!   stay on one).
+//!   stay on one), `socket` (options of the outer TCP sockets).
+//! - [`session`]: the resumable session layer beneath the inner TLS and
+//!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
+//!   replay buffer), `core` (one session over many carriers), `handshake`
+//!   (ids, keys, resume proofs), `registry` (the server's detached sessions).
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner
 //!   rustls configs), `verify` (identity-checking verifiers), `slot`
 //!   (swappable certificates), `failure` (classified handshake failures),
@@ -38,10 +42,15 @@
 //!   the backend), `report` (its summary line), `watchdog` (idle timeout,
 //!   lifetime), `routes` and `config_file` (routing by path and SNI),
 //!   `reload` (material swapped on SIGHUP or file change), `metrics`,
-//!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends).
+//!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends),
+//!   `windows` (receive windows earned by authentication, the buffer
+//!   budget), `carried` (a tunnel over its stream or a session), `resume`
+//!   (resume requests).
 //! - [`client`]: `Forward` and the local listeners (`mod.rs`), `connector`
 //!   (the pool of HTTP/2 connections), `target` (the parsed `--url`),
-//!   `token/` (Google ID tokens: sources, cache, metadata server, command).
+//!   `token/` (Google ID tokens: sources, cache, metadata server, command,
+//!   service-account keys and impersonation), `resume` (asking for a session,
+//!   cookies, moving a session to a new stream).
 //! - [`pki`]: certificate issuance (rcgen) — `ca`, `leaf`, `crl`, `files`
 //!   (0600 key files and the flags that use a certificate directory) — for
 //!   `postern certs`, the demo, the bench and the tests.
