@@ -185,18 +185,8 @@ async fn json_logs_carry_severity_message_and_the_tunnels_trace() {
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
     let trace_header = format!("X-Cloud-Trace-Context: {TRACE}/123;o=1");
-    let flags = [
-        "--cert",
-        &pki.p("client.pem"),
-        "--key",
-        &pki.p("client-key.pem"),
-        "--ca",
-        &pki.p("ca.pem"),
-        "--server-name",
-        "localhost",
-        "--header",
-        &trace_header,
-    ];
+    let flags = client_flags(&pki, &["--header", &trace_header]);
+    let flags = strs(&flags);
     let traced = start_client(&url, &flags, &shutdown).await;
     assert_eq!(
         round_trip(traced, b"traced").await.expect("tunnel"),
@@ -273,18 +263,8 @@ async fn traceparent_without_a_project_logs_the_bare_trace_id() {
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
     let header = format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01");
-    let flags = [
-        "--cert",
-        &pki.p("client.pem"),
-        "--key",
-        &pki.p("client-key.pem"),
-        "--ca",
-        &pki.p("ca.pem"),
-        "--server-name",
-        "localhost",
-        "--header",
-        &header,
-    ];
+    let flags = client_flags(&pki, &["--header", &header]);
+    let flags = strs(&flags);
     let client = start_client(&url, &flags, &shutdown).await;
     assert_eq!(round_trip(client, b"w3c").await.expect("tunnel"), b"w3c");
     let found = poll(|| {
@@ -362,14 +342,8 @@ async fn client_process(
     shutdown: &CancellationToken,
 ) -> (Postern, u16, TestBackend) {
     let backend = TestBackend::start(Backend::Echo).await;
-    let flags = [
-        "--cert",
-        &pki.p("server.pem"),
-        "--key",
-        &pki.p("server-key.pem"),
-        "--client-ca",
-        &pki.p("ca.pem"),
-    ];
+    let flags = server_flags(pki);
+    let flags = strs(&flags);
     let (server, _reports) = start_server(backend.addr, &flags, shutdown).await;
     let url = format!("http://127.0.0.1:{}/", server.port());
     let port = free_port().await;
@@ -747,14 +721,8 @@ async fn impersonation_calls_generate_id_token_with_the_callers_access_token() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let flags = [
-        "--cert",
-        &pki.p("server.pem"),
-        "--key",
-        &pki.p("server-key.pem"),
-        "--client-ca",
-        &pki.p("ca.pem"),
-    ];
+    let flags = server_flags(&pki);
+    let flags = strs(&flags);
     let (server, _reports) = start_server(backend.addr, &flags, &shutdown).await;
     let url = format!("http://127.0.0.1:{}/", server.port());
     let port = free_port().await;
