@@ -131,6 +131,11 @@ pub async fn serve_draining(
         hard_stop.cancel();
         tracker.wait().await;
     }
+    // Sessions cut short tell the server with a last frame: let it leave
+    // before the worker runtimes go.
+    if let Some(policy) = &forward.resume {
+        policy.session.settle(Duration::from_secs(2)).await;
+    }
     Ok(())
 }
 
@@ -219,7 +224,7 @@ impl Forward {
             Ok(x) => x,
             Err(e) => return (Err(e), 0),
         };
-        let session = match resume::offered(&head, stream, policy.grace) {
+        let session = match resume::offered(&head, stream, &policy.session) {
             Ok(session) => session,
             Err(stream) => return (self.over(local, stream).await, 0),
         };

@@ -29,9 +29,9 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 /// Resume settings of a forward.
 #[derive(Debug, Clone)]
 pub struct ResumePolicy {
-    /// How long a cut session is retried (the server's `--resume-timeout`
-    /// should be at least this).
-    pub grace: Duration,
+    /// The sessions' parameters: `grace` is how long a cut session is
+    /// retried (the server's `--resume-timeout` should be at least this).
+    pub session: crate::session::Config,
     /// Move the session to a fresh stream this long after its stream
     /// opened, before a front end's request timeout cuts it (None: never).
     pub max_request_age: Option<Duration>,
@@ -40,7 +40,7 @@ pub struct ResumePolicy {
 impl Default for ResumePolicy {
     fn default() -> Self {
         ResumePolicy {
-            grace: crate::session::DEFAULT_GRACE,
+            session: crate::session::Config::default(),
             max_request_age: Some(Duration::from_secs(55 * 60)),
         }
     }
@@ -176,10 +176,10 @@ impl Keeper<'_> {
                 Attempt::Fatal(why) => return self.give_up(why),
                 Attempt::Retry(why) => why,
             };
-            if started.elapsed() + backoff >= self.policy.grace {
+            if started.elapsed() + backoff >= self.policy.session.grace {
                 return self.give_up(format!(
                     "not resumed within {:?} (last try: {why})",
-                    self.policy.grace
+                    self.policy.session.grace
                 ));
             }
             debug!(reason = %why, retry_in = ?backoff, "resume failed; retrying");
@@ -264,7 +264,7 @@ fn label(status: u16) -> &'static str {
 pub(crate) fn offered(
     head: &HeaderMap,
     stream: H2Stream,
-    grace: Duration,
+    config: &crate::session::Config,
 ) -> Result<Session, H2Stream> {
     let Some(id) = head
         .get(handshake::SESSION)
@@ -273,11 +273,7 @@ pub(crate) fn offered(
     else {
         return Err(stream);
     };
-    let config = crate::session::Config {
-        window: crate::session::WINDOW,
-        grace,
-    };
-    let session = Session::new(config, stream, Some(id));
+    let session = Session::new(config.clone(), stream, Some(id));
     if let Some(key) = head
         .get(handshake::SESSION_KEY)
         .and_then(|v| v.to_str().ok())

@@ -82,15 +82,15 @@ pub struct Args {
     /// e.g. `10s` or `500ms` (a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Ask for resume (a session that outlives cuts of its request). Off by
-    /// default in this version while one case (a local reset's propagation)
-    /// is being fixed.
-    #[arg(long, env = "POSTERN_RESUME", conflicts_with = "no_resume")]
-    pub resume: bool,
     /// Do not ask for resume: every tunnel is the plain byte stream, and a
     /// cut ends the local connection.
     #[arg(long, env = "POSTERN_NO_RESUME")]
     pub no_resume: bool,
+    /// How long a cut tunnel keeps trying to resume before it closes the
+    /// local connection: at most the server's --resume-timeout (the server
+    /// lets go of the session then); `30s`, `2m`, a bare number is seconds.
+    #[arg(long, env = "POSTERN_RESUME_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub resume_timeout: Duration,
     /// Move each tunnel's session to a fresh request this long after its
     /// request opened, before the front end's request timeout cuts it: set
     /// it a little under the service's `--timeout` (Cloud Run's default is
@@ -168,9 +168,9 @@ impl Forward {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
-            resume: (args.resume && !args.no_resume).then(|| client::ResumePolicy {
+            resume: (!args.no_resume).then(|| client::ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
-                ..client::ResumePolicy::default()
+                session: crate::session::Config::with_grace(args.resume_timeout),
             }),
         })
     }

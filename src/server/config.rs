@@ -129,10 +129,7 @@ impl Config {
             budget: Arc::new(Budget::new(args.buffer_budget_mib.saturating_mul(1 << 20))),
             resume: (!args.no_resume).then(|| {
                 crate::session::Registry::new(
-                    crate::session::Config {
-                        window: crate::session::WINDOW,
-                        grace: args.resume_timeout,
-                    },
+                    crate::session::Config::with_grace(args.resume_timeout),
                     crate::session::Limits::default(),
                 )
             }),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -86,6 +87,11 @@ pub async fn serve(
             connections = tracker.len(),
             "drain timeout: closing what is left"
         );
+        // Sessions cannot follow this process anywhere: their clients are
+        // told to close now rather than resume into nothing.
+        if let Some(sessions) = &config.resume {
+            sessions.close_all(Duration::from_secs(1)).await;
+        }
         hard_stop.cancel();
         tracker.wait().await;
     }

@@ -24,7 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio_util::codec::Decoder as _;
 
-use super::frame::{self, Frame, FrameCodec, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME};
+use super::frame::{
+    self, Frame, FrameCodec, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME,
+};
 use super::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
 use super::registry::{Budget, Refusal};
 use super::replay::Replay;
@@ -182,6 +184,10 @@ struct State {
     peer_fin: bool,
     eof_read: bool,
     peer_done: bool,
+    /// The application reads no more (it is finishing): what arrives counts
+    /// as consumed, so the peer's data and FIN are acknowledged. A TLS layer
+    /// above stops reading at its close_notify, before the session's FIN.
+    draining: bool,
     // Accounting while detached.
     budget: Option<Arc<Budget>>,
     charged: Option<usize>,
@@ -234,8 +240,16 @@ impl State {
         Some(io::Error::new(kind, text))
     }
 
-    fn finish(&mut self, end: End, phase: &watch::Sender<Phase>) {
+    fn finish(&mut self, end: End, config: &Config, phase: &watch::Sender<Phase>) {
         if self.end.is_none() {
+            // After a CLOSE either way the carrier ends cleanly; dropping it
+            // at once would reset the stream, and HTTP/2 discards what a
+            // reset stream still had queued: the CLOSE itself.
+            let closed = matches!(end, End::Done | End::PeerReset(_) | End::Protocol(_))
+                || self.link.as_ref().is_some_and(|l| l.close_sent);
+            if let (true, Some(link)) = (closed, self.link.take()) {
+                linger(link, &config.lingering);
+            }
             self.end = Some(end);
             self.link = None;
             self.grace = None;
@@ -264,21 +278,34 @@ impl State {
                 Ok(())
             };
             match pumped.and_then(|()| self.pump_write(&mut link, &shared.config, cx)) {
+                Ok(()) if link.close_sent && link.out.is_empty() && !link.unflushed => {
+                    // Our CLOSE is on its way: the session is over.
+                    let end = match self.close_queued {
+                        Some(CLOSE_DONE) => End::Done,
+                        Some(frame::CLOSE_RESET) => End::LocalReset,
+                        _ => End::Abandoned("session closed".into()),
+                    };
+                    self.link = Some(link);
+                    self.finish(end, &shared.config, &shared.phase);
+                }
                 Ok(()) => self.link = Some(link),
                 Err(Cut::Lost) => self.detach(shared),
-                Err(Cut::Reset(code)) => self.finish(End::PeerReset(code), &shared.phase),
+                Err(Cut::Reset(code)) => {
+                    self.link = Some(link);
+                    self.finish(End::PeerReset(code), &shared.config, &shared.phase);
+                }
                 Err(Cut::Protocol(why)) => {
-                    // Best effort: tell the peer why before dropping the carrier.
+                    // Tell the peer why: the lingering carrier sends it.
                     frame::put_close(&mut link.out, CLOSE_PROTOCOL);
-                    let _ = Pin::new(&mut link.io).poll_write(cx, &link.out);
-                    self.finish(End::Protocol(why), &shared.phase);
+                    self.link = Some(link);
+                    self.finish(End::Protocol(why), &shared.config, &shared.phase);
                 }
             }
         }
         if self.link.is_none() && self.end.is_none() {
             if let Some(grace) = &mut self.grace {
                 if grace.as_mut().poll(cx).is_ready() {
-                    self.finish(End::Expired, &shared.phase);
+                    self.finish(End::Expired, &shared.config, &shared.phase);
                 }
             }
         }
@@ -286,11 +313,12 @@ impl State {
 
     fn detach(&mut self, shared: &Shared) {
         if self.complete() {
-            return self.finish(End::Done, &shared.phase);
+            return self.finish(End::Done, &shared.config, &shared.phase);
         }
         if shared.config.grace.is_zero() || self.id.is_none() || self.key.is_none() {
             return self.finish(
                 End::Abandoned("carrier lost before the session could resume".into()),
+                &shared.config,
                 &shared.phase,
             );
         }
@@ -301,6 +329,7 @@ impl State {
                     End::Abandoned(
                         "carrier lost; too many detached sessions to keep this one".into(),
                     ),
+                    &shared.config,
                     &shared.phase,
                 );
             }
@@ -366,10 +395,14 @@ impl State {
                 }
                 if end > self.received {
                     let fresh = payload.slice((self.received - offset) as usize..);
-                    self.inbox_len += fresh.len();
-                    self.inbox.push_back(fresh);
                     self.received = end;
-                    self.wake_read = true;
+                    if self.draining {
+                        self.consumed = end;
+                    } else {
+                        self.inbox_len += fresh.len();
+                        self.inbox.push_back(fresh);
+                        self.wake_read = true;
+                    }
                 }
             }
             Frame::Ack { consumed } => {
@@ -389,6 +422,7 @@ impl State {
                 }
                 if !self.peer_fin {
                     self.peer_fin = true;
+                    self.eof_read |= self.draining;
                     self.wake_read = true;
                 }
             }
@@ -475,6 +509,16 @@ impl State {
         }
     }
 
+    /// The application will read no more: what it left unread, and all
+    /// that comes, is consumed (and so acknowledged).
+    fn drain(&mut self) {
+        self.draining = true;
+        self.consumed = self.received;
+        self.inbox.clear();
+        self.inbox_len = 0;
+        self.eof_read |= self.peer_fin;
+    }
+
     /// Checks a resume's offset against what the replay buffer holds.
     fn check_offset(&self, received: u64) -> Result<(), Refusal> {
         let (base, end) = (
@@ -517,6 +561,35 @@ impl State {
         old.map(|l| l.io)
     }
 }
+
+/// Ends a carrier after the session's last frame: what is still staged,
+/// our END_STREAM, then
+/// whatever the peer still sends until its own end (bounded), so the frames
+/// queued on it reach the peer and no front end sees a reset.
+fn linger(link: Link, lingering: &tokio_util::task::TaskTracker) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Link { mut io, out, .. } = link;
+    lingering.spawn_on(
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let ending = async {
+                if io.write_all(&out).await.is_err() {
+                    return;
+                }
+                let _ = io.shutdown().await;
+                let mut sink = [0u8; 1024];
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(LINGER, ending).await;
+        },
+        &runtime,
+    );
+}
+
+/// How long an ended carrier waits for the peer's end of it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -576,6 +649,7 @@ impl Session {
             peer_fin: false,
             eof_read: false,
             peer_done: false,
+            draining: false,
             budget: None,
             charged: None,
             stats: Stats::default(),
@@ -619,7 +693,7 @@ impl Session {
         self.close_with(frame::CLOSE_RESET).await;
         let shared = self.shared.clone();
         shared.with(Side::Read, |st, sh, _| {
-            st.finish(End::LocalReset, &sh.phase)
+            st.finish(End::LocalReset, &sh.config, &sh.phase)
         });
     }
 
@@ -629,6 +703,7 @@ impl Session {
     /// resume a finished session. Callers bound it with a timeout.
     pub async fn finish(&mut self) {
         let shared = self.shared.clone();
+        shared.with(Side::Read, |st, _, _| st.drain());
         std::future::poll_fn(|cx| {
             Wakers::set(&shared.wakers.read, cx.waker());
             shared.with(Side::Read, |st, _, _| {
@@ -641,7 +716,9 @@ impl Session {
         })
         .await;
         self.close_with(CLOSE_DONE).await;
-        shared.with(Side::Read, |st, sh, _| st.finish(End::Done, &sh.phase));
+        shared.with(Side::Read, |st, sh, _| {
+            st.finish(End::Done, &sh.config, &sh.phase)
+        });
     }
 
     /// Queues CLOSE `code` and waits until the carrier took it (or is gone).
@@ -665,9 +742,23 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// An application that lets go of a live session abandons it: the peer
+    /// is told with CLOSE (after whatever is already staged), so it ends its
+    /// side at once instead of waiting out the grace period.
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        st.finish(End::Abandoned("session dropped".into()), &self.shared.phase);
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.end.is_none() {
+            if let Some(link) = st.link.as_mut().filter(|l| !l.close_sent) {
+                frame::put_close(&mut link.out, CLOSE_ABANDONED);
+                link.close_sent = true;
+            }
+        }
+        st.finish(
+            End::Abandoned("session dropped".into()),
+            &shared.config,
+            &shared.phase,
+        );
     }
 }
 
@@ -900,11 +991,33 @@ impl SessionHandle {
         Ok(old)
     }
 
+    /// Ends the session from outside the application's calls: CLOSE `code`
+    /// on the current carrier (the session ends once it is sent), or at once
+    /// when detached.
+    pub fn close(&self, code: u32) {
+        let shared = &self.shared;
+        {
+            let mut st = shared.lock();
+            if st.link.is_some() {
+                st.close_queued.get_or_insert(code);
+            } else {
+                st.finish(
+                    End::Abandoned("session closed while detached".into()),
+                    &shared.config,
+                    &shared.phase,
+                );
+            }
+        }
+        shared.wake_all();
+    }
+
     /// Ends the session because whoever resumes it gave up (`why` is what
     /// the application's reads and writes fail with).
     pub fn abandon(&self, why: String) {
         let shared = &self.shared;
-        shared.lock().finish(End::Abandoned(why), &shared.phase);
+        shared
+            .lock()
+            .finish(End::Abandoned(why), &shared.config, &shared.phase);
         shared.wake_all();
     }
 

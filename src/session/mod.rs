@@ -68,6 +68,26 @@ pub struct Config {
     pub window: usize,
     /// See [`DEFAULT_GRACE`]; zero turns resume off (a cut ends the session).
     pub grace: Duration,
+    /// Where the carriers of ended sessions finish (their last frames, then
+    /// END_STREAM): the owner waits on it before its runtime goes away.
+    pub lingering: tokio_util::task::TaskTracker,
+}
+
+impl Config {
+    /// The default window with `grace`.
+    pub fn with_grace(grace: Duration) -> Config {
+        Config {
+            grace,
+            ..Config::default()
+        }
+    }
+
+    /// Waits (at most `limit`) for the carriers of ended sessions to finish.
+    pub async fn settle(&self, limit: Duration) {
+        self.lingering.close();
+        let _ = tokio::time::timeout(limit, self.lingering.wait()).await;
+        self.lingering.reopen();
+    }
 }
 
 impl Default for Config {
@@ -75,6 +95,7 @@ impl Default for Config {
         Config {
             window: WINDOW,
             grace: DEFAULT_GRACE,
+            lingering: tokio_util::task::TaskTracker::new(),
         }
     }
 }

@@ -246,6 +246,34 @@ impl Registry {
         Ok(SessionHandle { shared })
     }
 
+    /// Ends every session, for a server going away: attached ones are told
+    /// with CLOSE, so their clients close the application's connection at
+    /// once instead of resuming into a process that is gone; detached ones
+    /// just end. Waits (at most `limit`) for the CLOSEs to leave.
+    pub async fn close_all(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let sessions: Vec<SessionHandle> = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|shared| SessionHandle { shared })
+            .collect();
+        for session in &sessions {
+            session.close(super::frame::CLOSE_ABANDONED);
+        }
+        let ended = async {
+            for session in &sessions {
+                let mut watch = session.watch();
+                let _ = watch.wait_for(|p| *p == super::Phase::Ended).await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, ended).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.config.settle(left).await;
+    }
+
     /// Current totals.
     pub fn usage(&self) -> Usage {
         Usage {

@@ -46,7 +46,7 @@ fn relay(budget: usize) -> (DuplexStream, DuplexStream) {
 fn config(window: usize) -> Config {
     Config {
         window,
-        grace: Duration::from_secs(30),
+        ..Config::with_grace(Duration::from_secs(30))
     }
 }
 
@@ -399,8 +399,9 @@ async fn an_unkeyed_session_cannot_be_resumed_and_ends_when_cut() {
 
 #[tokio::test(start_paused = true)]
 async fn a_detached_session_expires_after_the_grace_period() {
-    let (registry, mut server, client) = pair(WINDOW, usize::MAX);
-    drop(client); // the cut: its carrier goes with it, and no resume comes
+    // The relay cuts at once, and no resume comes (dropping the client
+    // would not do: a dropped session tells its peer with CLOSE).
+    let (registry, mut server, _client) = pair(WINDOW, 0);
     let started = tokio::time::Instant::now();
     let err = server.read(&mut [0u8; 1]).await.expect_err("expired");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
@@ -415,6 +416,18 @@ async fn a_detached_session_expires_after_the_grace_period() {
     );
     drop(server);
     assert_eq!(registry.usage().sessions, 0, "and the table entry");
+}
+
+#[tokio::test]
+async fn a_dropped_session_tells_its_peer_at_once() {
+    let (_registry, mut server, client) = pair(WINDOW, usize::MAX);
+    drop(client);
+    let err = tokio::time::timeout(LIMIT, server.read(&mut [0u8; 1]))
+        .await
+        .expect("the peer heard of it before any grace period")
+        .expect_err("abandoned");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(err.to_string().contains("code 3"), "{err}");
 }
 
 #[tokio::test]
@@ -704,4 +717,25 @@ async fn the_inner_tls_runs_over_a_session_and_keys_its_resume() {
     .await
     .expect("data flows");
     assert_eq!(sh.stats().resumes, 1);
+}
+
+#[tokio::test]
+async fn finishing_without_reading_the_fin_still_ends_both_sides() {
+    // A TLS layer above stops reading at its close_notify, before the
+    // session's FIN: finishing must acknowledge that FIN by itself.
+    let (_registry, mut server, mut client) = pair(WINDOW, usize::MAX);
+    client.write_all(b"abc").await.expect("write");
+    client.shutdown().await.expect("fin");
+    let mut got = [0u8; 3];
+    server.read_exact(&mut got).await.expect("read");
+    server.write_all(b"xyz").await.expect("write");
+    server.shutdown().await.expect("fin");
+    client.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"xyz");
+    let both = async { tokio::join!(server.finish(), client.finish()) };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("both ends finished without reading the FIN");
+    assert_eq!(server.handle().phase(), Phase::Ended);
+    assert_eq!(client.handle().phase(), Phase::Ended);
 }

@@ -268,7 +268,10 @@ async fn server_killed_mid_transfer_then_restarted_on_the_same_port() {
     let port = server.addr.port();
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
-    let cflags = child::client_flags(&pki);
+    // Nothing answers while the server is down: the session is retried for
+    // the client's resume timeout, then the local connection is closed.
+    let mut cflags = child::client_flags(&pki);
+    cflags.extend(["--resume-timeout".into(), "2s".into()]);
     let client = start_client(&url, &strs(&cflags), &shutdown).await;
     let mut local = TcpStream::connect(client).await.unwrap();
     echo_exchange(&mut local, &random_bytes(64 * 1024, 8)).await;
@@ -314,7 +317,10 @@ async fn client_killed_mid_transfer_ends_the_server_tunnel() {
     let pki = Pki::new();
     let (addr, mut conns) = capturing_backend().await;
     let shutdown = CancellationToken::new();
-    let (server, mut reports) = start_server(addr, &strs(&server_flags(&pki)), &shutdown).await;
+    // A dead client looks like a cut: its session waits the resume timeout.
+    let mut sflags = server_flags(&pki);
+    sflags.extend(["--resume-timeout".into(), "2s".into()]);
+    let (server, mut reports) = start_server(addr, &strs(&sflags), &shutdown).await;
     let url = format!("http://127.0.0.1:{}/", server.port());
     let mut cflags = vec![
         "--url".to_string(),
@@ -341,6 +347,10 @@ async fn client_killed_mid_transfer_ends_the_server_tunnel() {
         .expect("server tunnel did not end")
         .unwrap();
     eprintln!("client killed: server reported {:?}", report.outcome);
+    let why = report
+        .outcome
+        .expect_err("a killed client ends the tunnel as a failure");
+    assert!(why.contains("grace period"), "{why}");
     shutdown.cancel();
 }
 

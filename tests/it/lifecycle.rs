@@ -264,24 +264,29 @@ async fn server_restart_behind_caddy_keeps_open_tunnels_and_takes_new_ones() {
     shutdown.cancel();
 }
 
+/// Caddy with a per-request time limit standing in for Cloud Run's request
+/// timeout: Go's HTTP/2 server applies `write` per stream, counted from the
+/// request, and resets the stream (INTERNAL_ERROR to the client, CANCEL to
+/// the upstream) when it passes.
+async fn caddy_with_request_timeout(pki: &Pki, server: SocketAddr, limit: &str) -> Caddy {
+    let opts = Options {
+        servers: format!("timeouts {{\n\t\t\twrite {limit}\n\t\t}}"),
+        ..Options::default()
+    };
+    Caddy::start_with(pki, server, caddy::free_port().await, &opts).await
+}
+
 #[tokio::test]
-async fn front_end_request_timeout_closes_the_local_connection() {
-    if !caddy::installed("front_end_request_timeout_closes_the_local_connection") {
+async fn front_end_request_timeout_closes_the_local_connection_without_resume() {
+    if !caddy::installed("front_end_request_timeout_closes_the_local_connection_without_resume") {
         return;
     }
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
     let (server, mut reports) = server(&pki, backend.addr, &shutdown).await;
-    // Go's HTTP/2 server applies `write` per stream, counted from the
-    // request: like Cloud Run's request timeout it resets the stream
-    // (INTERNAL_ERROR to the client, CANCEL to the upstream) when it passes.
-    let opts = Options {
-        servers: "timeouts {\n\t\t\twrite 3s\n\t\t}".into(),
-        ..Options::default()
-    };
-    let caddy = Caddy::start_with(&pki, server, caddy::free_port().await, &opts).await;
-    let (client, _) = client_with_pool(&pki, &caddy.url(), &[], &shutdown).await;
+    let caddy = caddy_with_request_timeout(&pki, server, "3s").await;
+    let (client, _) = client_with_pool(&pki, &caddy.url(), &["--no-resume"], &shutdown).await;
     let mut sock = open_echo(client, 1).await;
     assert_closed_without_data(&mut sock).await;
     let report = next_report(&mut reports).await;
@@ -291,6 +296,51 @@ async fn front_end_request_timeout_closes_the_local_connection() {
     );
     // One reset stream does not spoil the client: the next tunnel works.
     finish(open_echo(client, 2).await).await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_session_outlives_many_front_end_request_timeouts() {
+    if !caddy::installed("interactive_session_outlives_many_front_end_request_timeouts") {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = CancellationToken::new();
+    let (server, mut reports) = server(&pki, backend.addr, &shutdown).await;
+    let caddy = caddy_with_request_timeout(&pki, server, "2s").await;
+    let (client, _) = client_with_pool(&pki, &caddy.url(), &[], &shutdown).await;
+    let mut sock = TcpStream::connect(client).await.expect("connect client");
+    sock.set_nodelay(true).expect("nodelay");
+    // Keystrokes for four times the request limit: each numbered line must
+    // come back whole, once, in order, however many requests carry it.
+    let started = tokio::time::Instant::now();
+    let mut lines = 0u32;
+    while started.elapsed() < Duration::from_secs(8) {
+        let line = format!("line {lines:05} {}\n", "x".repeat(lines as usize % 61));
+        sock.write_all(line.as_bytes()).await.expect("write");
+        let mut back = vec![0u8; line.len()];
+        tokio::time::timeout(LIMIT, sock.read_exact(&mut back))
+            .await
+            .expect("echo stalled")
+            .expect("echo read");
+        assert_eq!(back, line.as_bytes(), "line {lines} came back altered");
+        lines += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    finish(sock).await;
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Ok(()), "{}", caddy.log());
+    assert!(
+        report.resumes >= 3,
+        "{lines} lines over 8 s of 2 s requests took {} resumes",
+        report.resumes
+    );
+    assert_eq!(backend.accepts(), 1, "the backend saw one connection");
+    eprintln!(
+        "request timeouts: {lines} lines, {} resumes",
+        report.resumes
+    );
     shutdown.cancel();
 }
 

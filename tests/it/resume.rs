@@ -91,7 +91,6 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
             &pki.p("ca.pem"),
             "--tls-ca",
             &pki.p("ca.pem"),
-            "--resume",
         ],
         &shutdown,
     )
@@ -272,13 +271,7 @@ async fn a_restarted_server_makes_the_client_close_the_connection_and_say_why() 
     let addr = server.addr;
     let url = format!("http://{addr}/");
     let mut flags = child::client_flags(&pki);
-    flags.extend([
-        "--url".into(),
-        url,
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--resume".into(),
-    ]);
+    flags.extend(["--url".into(), url, "--listen".into(), "127.0.0.1:0".into()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let client = Proc::start("client", &flags, "listen");
     let mut sock = TcpStream::connect(client.addr).await.expect("connect");
