@@ -20,6 +20,10 @@
 //! | `postern_reloads_total` | counter | `result` = `ok`/`rejected` |
 //! | `postern_connections_open` | gauge | |
 //! | `postern_connections_refused_total` | counter | `reason` = `max_connections`/`buffer_budget` |
+//! | `postern_resumes_total` | counter | `result` = `accepted`/`refused`, `reason` = `ok` or the refusal's label |
+//! | `postern_sessions_detached` | gauge | |
+//! | `postern_session_cuts_total` | counter | |
+//! | `postern_resent_bytes_total` | counter | |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +71,7 @@ pub struct Metrics {
     connections_refused: Family<Reason, Counter>,
     resumes: Family<Resume, Counter>,
     detached: Gauge,
+    cuts: Counter,
     resent: Counter,
 }
 
@@ -153,6 +158,7 @@ impl Metrics {
         let resumes = Family::<Resume, Counter>::default();
         let detached = Gauge::default();
         let resent = Counter::default();
+        let cuts = Counter::default();
         registry.register(
             "postern_resumes",
             "Resume requests, by result (accepted, refused) and reason",
@@ -164,6 +170,11 @@ impl Metrics {
             detached.clone(),
         );
         registry.register(
+            "postern_session_cuts",
+            "Times a session's carrier was lost and it detached (a move to a fresh request is not a cut)",
+            cuts.clone(),
+        );
+        registry.register(
             "postern_resent_bytes",
             "Bytes sent again after resumes",
             resent.clone(),
@@ -171,6 +182,7 @@ impl Metrics {
         Metrics {
             resumes,
             detached,
+            cuts,
             resent,
             registry,
             open,
@@ -254,6 +266,7 @@ impl Metrics {
     /// One more (`true`) or one fewer detached session.
     pub fn detached(&self, more: bool) {
         if more {
+            self.cuts.inc();
             self.detached.inc();
         } else {
             self.detached.dec();

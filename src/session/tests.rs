@@ -739,3 +739,59 @@ async fn finishing_without_reading_the_fin_still_ends_both_sides() {
     assert_eq!(server.handle().phase(), Phase::Ended);
     assert_eq!(client.handle().phase(), Phase::Ended);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_detached_sessions_stay_within_their_limits_and_go_after_the_grace() {
+    const HELD: usize = 16 * 1024;
+    let limits = Limits {
+        max_detached: 1000,
+        max_detached_bytes: 64 * 1024 * 1024,
+    };
+    let registry = Registry::new(config(WINDOW), limits);
+    let mut sessions = Vec::new();
+    // 1100 sessions, each with 16 KiB written and never acknowledged, then
+    // cut (the far end of each carrier dropped, no CLOSE sent).
+    for _ in 0..1100 {
+        let (far, near) = tokio::io::duplex(64 * 1024);
+        let mut session = registry.open(near);
+        session.handle().set_key(ResumeKey::random());
+        session.write_all(&[7u8; HELD]).await.expect("write");
+        let handle = session.handle();
+        tokio::spawn(async move { handle.drive().await });
+        drop(far);
+        sessions.push(session);
+    }
+    let settled = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ended = sessions
+                .iter()
+                .filter(|s| s.handle().phase() == Phase::Ended)
+                .count();
+            if registry.usage().detached + ended == 1100 {
+                return ended;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every cut noticed");
+    let usage = registry.usage();
+    assert_eq!(usage.detached, 1000, "{usage:?}");
+    assert_eq!(settled, 100, "the cuts past the limit ended at once");
+    // What the detached sessions hold is counted, and it is their bytes
+    // plus a small overhead each: bounded by the limits whatever comes.
+    assert!(usage.detached_bytes >= 1000 * HELD, "{usage:?}");
+    assert!(usage.detached_bytes <= 1000 * (HELD + 1024), "{usage:?}");
+    // After the grace period every one has ended and released its share.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let expired = tokio::time::timeout(Duration::from_secs(5), async {
+        while registry.usage().detached > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(expired.is_ok(), "{:?}", registry.usage());
+    assert_eq!(registry.usage().detached_bytes, 0);
+    drop(sessions);
+    assert_eq!(registry.usage().sessions, 0, "the table is empty");
+}

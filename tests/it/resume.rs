@@ -95,7 +95,7 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
         &shutdown,
     )
     .await;
-    const LEN: usize = 64 << 20;
+    const LEN: usize = 256 << 20;
     let sock = TcpStream::connect(client).await.expect("connect client");
     let (r, w) = sock.into_split();
     let (progress, mut seen) = tokio::sync::watch::channel(0usize);
@@ -293,4 +293,76 @@ async fn a_restarted_server_makes_the_client_close_the_connection_and_say_why() 
         "a log line says why: {:?}",
         client.log_lines("tunnel")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
+    if !caddy::installed("make_before_break_moves_a_busy_session_before_its_request_ages_out") {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = CancellationToken::new();
+    let mut flags = server_flags(&pki);
+    flags.extend(["--backend".into(), backend.addr.to_string()]);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut server = Server::start(&strs(&flags), &shutdown).await;
+    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let front = Caddy::start(&pki, server.addr).await;
+    let ca = pki.p("ca.pem");
+    let cflags = client_flags(&pki, &["--tls-ca", &ca, "--max-request-age", "1s"]);
+    let client = start_client(&front.url(), &strs(&cflags), &shutdown).await;
+    let mut sock = TcpStream::connect(client).await.expect("connect client");
+    sock.set_nodelay(true).expect("nodelay");
+    // Echoes of up to 48 KiB for five request ages: every one back intact.
+    let started = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(5) {
+        let data = random_bytes(1 + (n as usize * 7919) % (48 * 1024), n);
+        sock.write_all(&data).await.expect("write");
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(LIMIT, sock.read_exact(&mut back))
+            .await
+            .expect("echo stalled")
+            .expect("echo read");
+        assert!(back == data, "echo {n} came back altered");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sock.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, sock.read_to_end(&mut rest))
+        .await
+        .expect("orderly end")
+        .expect("read");
+    assert!(rest.is_empty());
+    let report = tokio::time::timeout(LIMIT, server.reports.recv())
+        .await
+        .expect("report")
+        .expect("server running");
+    assert_eq!(report.outcome, Ok(()));
+    assert!(report.resumes >= 3, "moved {} times", report.resumes);
+    let text = scrape(metrics).await;
+    // Moved, never cut: the session did not detach once.
+    assert_eq!(
+        sample(&text, "postern_session_cuts_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "postern_resumes_total{result=\"accepted\",reason=\"ok\"}"
+        ),
+        Some(report.resumes as f64),
+        "{text}"
+    );
+    assert_eq!(backend.accepts(), 1, "the backend saw one connection");
+    eprintln!(
+        "make-before-break: {n} echoes, {} moves, {:?} bytes resent",
+        report.resumes,
+        sample(&text, "postern_resent_bytes_total")
+    );
+    drop(front);
+    shutdown.cancel();
 }
