@@ -42,6 +42,10 @@ pub enum Scenario {
     RttBulk,
     /// Eight tunnels sharing one HTTP/2 connection.
     Fairness,
+    /// Resume: bulk with sessions against `--no-resume`, the time from a
+    /// cut to data flowing again, and the slowest echo while the session
+    /// moves to fresh requests.
+    Resume,
     /// RSS per idle tunnel in each process (last: it leaves thousands of
     /// tunnels closing).
     Memory,
@@ -64,6 +68,8 @@ pub struct Sizes {
     pub rtt_bulk: u64,
     /// How long the fairness scenario runs.
     pub fair_for: Duration,
+    /// Cuts in the resume scenario.
+    pub cuts: usize,
     /// Extra flags for the main client.
     pub client_flags: Vec<String>,
 }
@@ -80,6 +86,7 @@ impl Sizes {
                 idle: vec![1000],
                 rtt_bulk: 64 * MIB,
                 fair_for: Duration::from_secs(2),
+                cuts: 5,
                 client_flags: Vec::new(),
             }
         } else {
@@ -91,6 +98,7 @@ impl Sizes {
                 idle: vec![1000, 10_000],
                 rtt_bulk: 256 * MIB,
                 fair_for: Duration::from_secs(5),
+                cuts: 15,
                 client_flags: Vec::new(),
             }
         };

@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,37 @@ pub async fn spawn(
     rtt: Duration,
     shutdown: CancellationToken,
 ) -> io::Result<SocketAddr> {
+    Ok(spawn_cuttable(target, rtt, shutdown).await?.0)
+}
+
+/// The relay's open connections, to cut them all at once.
+#[derive(Clone, Default)]
+pub struct Cutter(Arc<Mutex<Vec<TcpStream>>>);
+
+impl Cutter {
+    /// Drops every connection open through the relay, both sides (what a
+    /// front end that dies or a network that changes does to a tunnel).
+    pub fn cut(&self) {
+        for sock in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn keep(&self, sock: &TcpStream) {
+        if let Ok(clone) = sock.try_clone() {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(clone);
+        }
+    }
+}
+
+/// Like [`spawn`], with a [`Cutter`] for the connections it relays.
+pub async fn spawn_cuttable(
+    target: SocketAddr,
+    rtt: Duration,
+    shutdown: CancellationToken,
+) -> io::Result<(SocketAddr, Cutter)> {
+    let cutter = Cutter::default();
+    let kept = cutter.clone();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let stopped = Arc::new(AtomicBool::new(false));
@@ -51,9 +82,10 @@ pub async fn spawn(
                     return;
                 }
                 if let Ok(sock) = sock {
+                    let kept = kept.clone();
                     let _ = thread::Builder::new()
                         .name("bench-relay-conn".into())
-                        .spawn(move || connection(sock, target, rtt));
+                        .spawn(move || connection(sock, target, rtt, &kept));
                 }
             }
         })?;
@@ -63,12 +95,18 @@ pub async fn spawn(
         // Wakes the accepting thread so that it sees the flag.
         let _ = tokio::net::TcpStream::connect(addr).await;
     });
-    Ok(addr)
+    Ok((addr, cutter))
 }
 
-fn connection(inbound: TcpStream, target: SocketAddr, rtt: Duration) -> io::Result<()> {
+fn connection(
+    inbound: TcpStream,
+    target: SocketAddr,
+    rtt: Duration,
+    cutter: &Cutter,
+) -> io::Result<()> {
     let one_way = rtt / 2;
     inbound.set_nodelay(true)?;
+    cutter.keep(&inbound);
     // The client may send before the emulated handshake ends (its connect
     // returned at once): those bytes are stamped now, not after the connect.
     let (up_tx, up_rx) = mpsc::sync_channel(QUEUE);
@@ -82,6 +120,7 @@ fn connection(inbound: TcpStream, target: SocketAddr, rtt: Duration) -> io::Resu
         }
     };
     upstream.set_nodelay(true)?;
+    cutter.keep(&upstream);
     let (down_tx, down_rx) = mpsc::sync_channel(QUEUE);
     let download = reader(upstream.try_clone()?, down_tx, one_way);
     let send_up = thread::spawn(move || writer(up_rx, upstream));

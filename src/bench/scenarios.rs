@@ -17,6 +17,7 @@ use super::report::{quantile, Report, Row};
 use super::{relay, traffic, Scenario, Sizes};
 
 mod beside;
+mod resume;
 
 /// The running topology shared by the scenarios.
 struct Env<'a> {
@@ -82,6 +83,7 @@ pub async fn run_all(
             Scenario::Rate => rate(&env, report).await,
             Scenario::RttBulk => rtt_bulk(&env, report).await,
             Scenario::Fairness => fairness(&env, report).await,
+            Scenario::Resume => resume::resume(&env, report).await,
             Scenario::Memory => memory(&env, report).await,
         };
         result.with_context(|| {
