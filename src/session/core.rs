@@ -100,7 +100,25 @@ impl Wake for Wakers {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
+    /// The carrier's readiness: the driver, when there is one, drives the
+    /// session and wakes only the application side that can now progress
+    /// (one task polled per event instead of three); without one, both
+    /// application sides drive it.
     fn wake_by_ref(self: &Arc<Self>) {
+        let driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = driver.as_ref() {
+            w.wake_by_ref();
+            return;
+        }
+        drop(driver);
+        Wakers::wake(&self.read);
+        Wakers::wake(&self.write);
+    }
+}
+
+impl Wakers {
+    /// Everyone: for changes from outside the application's calls.
+    fn wake_everyone(&self) {
         Wakers::wake(&self.read);
         Wakers::wake(&self.write);
         Wakers::wake(&self.driver);
@@ -194,6 +212,8 @@ struct State {
     stats: Stats,
     wake_read: bool,
     wake_write: bool,
+    /// A flush is waiting for the carrier to take everything written.
+    flush_waiting: bool,
 }
 
 impl State {
@@ -288,7 +308,13 @@ impl State {
                     self.link = Some(link);
                     self.finish(end, &shared.config, &shared.phase);
                 }
-                Ok(()) => self.link = Some(link),
+                Ok(()) => {
+                    if self.flush_waiting && flushed(&link, &self.replay) {
+                        self.flush_waiting = false;
+                        self.wake_write = true;
+                    }
+                    self.link = Some(link);
+                }
                 Err(Cut::Lost) => self.detach(shared),
                 Err(Cut::Reset(code)) => {
                     self.link = Some(link);
@@ -562,6 +588,11 @@ impl State {
     }
 }
 
+/// Everything written has been handed to the carrier and flushed.
+fn flushed(link: &Link, replay: &Replay) -> bool {
+    link.out.is_empty() && !link.unflushed && link.sent == replay.end()
+}
+
 /// Ends a carrier after the session's last frame: what is still staged,
 /// our END_STREAM, then
 /// whatever the peer still sends until its own end (bounded), so the frames
@@ -622,7 +653,7 @@ impl Shared {
     /// A change from outside the application's calls (attach, key): both
     /// sides are woken to drive the session.
     fn wake_all(&self) {
-        self.wakers.wake_by_ref();
+        self.wakers.wake_everyone();
     }
 }
 
@@ -655,6 +686,7 @@ impl Session {
             stats: Stats::default(),
             wake_read: false,
             wake_write: false,
+            flush_waiting: false,
         };
         let shared = Arc::new(Shared {
             config,
@@ -705,8 +737,11 @@ impl Session {
         let shared = self.shared.clone();
         shared.with(Side::Read, |st, _, _| st.drain());
         std::future::poll_fn(|cx| {
+            // Both slots: an ACK wakes writers, a FIN readers, and either
+            // may complete the session.
             Wakers::set(&shared.wakers.read, cx.waker());
-            shared.with(Side::Read, |st, _, _| {
+            Wakers::set(&shared.wakers.write, cx.waker());
+            shared.with(Side::Driver, |st, _, _| {
                 if st.end.is_some() || st.complete() {
                     Poll::Ready(())
                 } else {
@@ -867,10 +902,11 @@ impl AsyncWrite for Session {
             }
             match &st.link {
                 _ if st.end.is_some() => Poll::Ready(Ok(())),
-                Some(l) if l.out.is_empty() && !l.unflushed && l.sent == st.replay.end() => {
-                    Poll::Ready(Ok(()))
+                Some(l) if flushed(l, &st.replay) => Poll::Ready(Ok(())),
+                _ => {
+                    st.flush_waiting = true;
+                    Poll::Pending
                 }
-                _ => Poll::Pending,
             }
         })
     }

@@ -209,10 +209,16 @@ fn put_u64(dst: &mut BytesMut, kind: u8, value: u64) {
 /// Appends a DATA frame; `payload` is 1 to [`MAX_DATA`] bytes (the caller's
 /// invariant: it slices the replay buffer so).
 pub(crate) fn put_data(dst: &mut BytesMut, offset: u64, payload: &[u8]) {
-    debug_assert!(!payload.is_empty() && payload.len() <= MAX_DATA);
-    put_header(dst, DATA, 8 + payload.len());
-    dst.put_u64(offset);
+    put_data_header(dst, offset, payload.len());
     dst.extend_from_slice(payload);
+}
+
+/// Appends a DATA frame's header and offset, for a payload of `len` bytes
+/// that the caller sends right after (without copying it here).
+pub(crate) fn put_data_header(dst: &mut BytesMut, offset: u64, len: usize) {
+    debug_assert!(len > 0 && len <= MAX_DATA);
+    put_header(dst, DATA, 8 + len);
+    dst.put_u64(offset);
 }
 
 /// Appends an ACK frame.
