@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -129,7 +129,7 @@ impl Wakers {
 struct Link {
     io: Box<dyn Carrier>,
     rbuf: BytesMut,
-    out: BytesMut,
+    out: Out,
     /// Next offset to send on this carrier.
     sent: u64,
     fin_sent: bool,
@@ -145,7 +145,7 @@ impl Link {
         Link {
             io,
             rbuf: BytesMut::new(),
-            out: BytesMut::new(),
+            out: Out::default(),
             sent,
             fin_sent,
             close_sent: false,
@@ -153,6 +153,91 @@ impl Link {
             read_idle: false,
             unflushed: false,
         }
+    }
+}
+
+/// Frames staged for the carrier, in order: control frames and DATA headers
+/// are encoded into `ctl`, DATA payloads stay the replay buffer's own
+/// `Bytes`, and the carrier gets them as one vectored write (no copy here).
+#[derive(Default)]
+struct Out {
+    pieces: VecDeque<Bytes>,
+    /// Bytes in `pieces`.
+    queued: usize,
+    ctl: BytesMut,
+}
+
+/// Pieces handed to one vectored write at most.
+const OUT_SLICES: usize = 16;
+
+impl Out {
+    fn len(&self) -> usize {
+        self.queued + self.ctl.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where control frames and DATA headers are encoded.
+    fn ctl(&mut self) -> &mut BytesMut {
+        &mut self.ctl
+    }
+
+    /// Moves what `ctl` holds into the queue.
+    fn seal(&mut self) {
+        if !self.ctl.is_empty() {
+            let piece = self.ctl.split().freeze();
+            self.queued += piece.len();
+            self.pieces.push_back(piece);
+        }
+    }
+
+    /// Queues `payload` after everything encoded so far.
+    fn push(&mut self, payload: Bytes) {
+        self.seal();
+        self.queued += payload.len();
+        self.pieces.push_back(payload);
+    }
+
+    /// Drops the first `n` bytes (written).
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.pieces.pop_front();
+        }
+    }
+
+    /// Writes as much as the carrier takes in one vectored write.
+    fn poll_write(
+        &mut self,
+        io: &mut Box<dyn Carrier>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        self.seal();
+        let mut slices = [io::IoSlice::new(&[]); OUT_SLICES];
+        let mut k = 0;
+        for (slot, piece) in slices.iter_mut().zip(&self.pieces) {
+            *slot = io::IoSlice::new(piece);
+            k += 1;
+        }
+        let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..k]))?;
+        self.advance(written);
+        Poll::Ready(Ok(written))
+    }
+
+    /// Everything, for a carrier that is ending.
+    fn into_pieces(mut self) -> VecDeque<Bytes> {
+        self.seal();
+        self.pieces
     }
 }
 
@@ -322,7 +407,7 @@ impl State {
                 }
                 Err(Cut::Protocol(why)) => {
                     // Tell the peer why: the lingering carrier sends it.
-                    frame::put_close(&mut link.out, CLOSE_PROTOCOL);
+                    frame::put_close(link.out.ctl(), CLOSE_PROTOCOL);
                     self.link = Some(link);
                     self.finish(End::Protocol(why), &shared.config, &shared.phase);
                 }
@@ -477,13 +562,10 @@ impl State {
             if link.out.is_empty() {
                 break;
             }
-            match Pin::new(&mut link.io).poll_write(cx, &link.out) {
+            match link.out.poll_write(&mut link.io, cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Cut::Lost),
-                Poll::Ready(Ok(n)) => {
-                    link.out.advance(n);
-                    link.unflushed = true;
-                }
+                Poll::Ready(Ok(_)) => link.unflushed = true,
             }
         }
         if link.unflushed {
@@ -514,22 +596,23 @@ impl State {
             }
         };
         if due {
-            frame::put_ack(&mut link.out, ack);
+            frame::put_ack(link.out.ctl(), ack);
             link.acked_sent = Some(ack);
         }
         while link.out.len() < OUT_HIGH && link.sent < self.replay.end() {
             let piece = self.replay.read_at(link.sent, MAX_DATA);
-            frame::put_data(&mut link.out, link.sent, &piece);
+            frame::put_data_header(link.out.ctl(), link.sent, piece.len());
             link.sent += piece.len() as u64;
+            link.out.push(piece);
         }
         if self.fin_queued && !link.fin_sent && link.sent == self.replay.end() && !self.fin_acked()
         {
-            frame::put_fin(&mut link.out, link.sent);
+            frame::put_fin(link.out.ctl(), link.sent);
             link.fin_sent = true;
         }
         if let Some(code) = self.close_queued {
             if !link.close_sent && (code != CLOSE_DONE || link.fin_sent || self.fin_acked()) {
-                frame::put_close(&mut link.out, code);
+                frame::put_close(link.out.ctl(), code);
                 link.close_sent = true;
             }
         }
@@ -606,8 +689,10 @@ fn linger(link: Link, lingering: &tokio_util::task::TaskTracker) {
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let ending = async {
-                if io.write_all(&out).await.is_err() {
-                    return;
+                for piece in out.into_pieces() {
+                    if io.write_all(&piece).await.is_err() {
+                        return;
+                    }
                 }
                 let _ = io.shutdown().await;
                 let mut sink = [0u8; 1024];
@@ -785,7 +870,7 @@ impl Drop for Session {
         let mut st = shared.lock();
         if st.end.is_none() {
             if let Some(link) = st.link.as_mut().filter(|l| !l.close_sent) {
-                frame::put_close(&mut link.out, CLOSE_ABANDONED);
+                frame::put_close(link.out.ctl(), CLOSE_ABANDONED);
                 link.close_sent = true;
             }
         }
