@@ -4,14 +4,15 @@
 //! # The path a byte takes
 //!
 //! ```text
-//! app ─TCP─▶ client::Forward ─▶ inner TLS client ─▶ client::Connector::open ─▶ transport::stream::H2Stream
-//!            (one task per       (tls::config)       (pooled HTTP/2 connections,  (an h2 stream as
-//!             local socket)                          outer TLS, POST per tunnel)   AsyncRead/Write)
+//! app ─TCP─▶ client::Forward ─▶ inner TLS client ─▶ session::Session ─▶ client::Connector::open ─▶ transport::stream::H2Stream
+//!            (one task per       (tls::config)       (frames, replay,   (pooled HTTP/2 connections,  (an h2 stream as
+//!             local socket)                           resume; unless     outer TLS, POST per tunnel)   AsyncRead/Write)
+//!                                                     --no-resume)
 //!   ══ front end (Cloud Run, or demo::front) ══ h2c ══▶
 //! server::serve ─▶ server::request ─▶ server::tunnel ─────────────────▶ transport::splice ─TCP─▶ backend
-//! (accept loop,     (healthz, 404/405,  (answer 200, inner TLS server,     (bidirectional copy
-//!  h2 connections,   limits)             identity checked in the verifier,  with half-close)
-//!  drain)                                then dial the backend)
+//! (accept loop,     (healthz, 404/405,  (answer 200, the session, inner    (bidirectional copy
+//!  h2 connections,   limits)             TLS server, identity checked in    with half-close)
+//!  drain)                                the verifier, then the backend)
 //! ```
 //!
 //! # Layout: one folder per layer
@@ -54,9 +55,12 @@
 //! - [`pki`]: certificate issuance (rcgen) — `ca`, `leaf`, `crl`, `files`
 //!   (0600 key files and the flags that use a certificate directory) — for
 //!   `postern certs`, the demo, the bench and the tests.
-//! - Tools: [`doctor`] (the step-by-step preflight), [`demo`] (the whole path
-//!   on loopback, with `front`, the TLS-terminating front end standing in for
-//!   Cloud Run), [`mod@bench`] (the benchmark).
+//! - Tools: [`doctor`] (the step-by-step preflight: `requests`, `measure`,
+//!   `resume` — a session moved through the front end), [`demo`] (the whole
+//!   path on loopback, with `front`, the TLS-terminating front end standing
+//!   in for Cloud Run), [`mod@bench`] (the benchmark: `procs`, `relay` (the
+//!   delay relay, which can also cut its connections), `traffic`,
+//!   `scenarios/` with `beside` and `resume`, `report`).
 //! - [`logging`]: human or Cloud Logging JSON lines, trace headers.
 //! - [`signal`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
 //!   hooks for Postern's own tests, hidden from the docs.

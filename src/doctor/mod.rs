@@ -1,7 +1,7 @@
 //! `postern doctor`: a preflight that walks the path one step at a time —
 //! DNS, TCP, TLS with ALPN h2, the Postern server behind the front end, the
-//! ID token, a tunnel request, the inner mTLS handshake, round-trip time and
-//! (optionally) throughput — and explains each failure with its likely fix.
+//! ID token, a tunnel request, the inner mTLS handshake, round-trip time, a
+//! resume through the front end (`resume`) and (optionally) throughput — and explains each failure with its likely fix.
 //!
 //! It dials its own connection rather than using the client's pool so that
 //! each step can be timed and blamed separately. The walk is here; the
@@ -10,6 +10,7 @@
 
 mod measure;
 mod requests;
+mod resume;
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
@@ -211,7 +212,8 @@ async fn check(args: &Args, forward: &Forward, r: &mut Report) -> anyhow::Result
 
     let Some((config, name)) = &forward.inner else {
         r.skip("mTLS", "--no-inner-tls: plain tunnel");
-        return rtt(&send, &health_uri, r).await;
+        rtt(&send, &health_uri, r).await?;
+        return resume::resume(&send, &target.uri, &headers, forward, r).await;
     };
     let started = Instant::now();
     let mut tls = match TlsConnector::from(config.clone())
@@ -254,6 +256,7 @@ async fn check(args: &Args, forward: &Forward, r: &mut Report) -> anyhow::Result
     );
 
     rtt(&send, &health_uri, r).await?;
+    resume::resume(&send, &target.uri, &headers, forward, r).await?;
     match args.throughput {
         Some(mib) => throughput(&send, &target.uri, &headers, forward, mib, r).await,
         None => {

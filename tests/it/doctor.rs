@@ -83,6 +83,7 @@ async fn healthy_path_passes_every_step_and_names_both_identities() {
         "tunnel",
         "mTLS",
         "RTT",
+        "resume",
         "throughput",
     ] {
         assert!(
@@ -206,6 +207,14 @@ async fn through_caddy_healthy_and_without_h2c_upstream() {
     let out = doctor(&healthy.url(), &argv).await;
     assert!(out.ok, "doctor failed through Caddy:\n{}", healthy.log());
     assert!(out.stdout.contains("[ok]   mTLS") && out.stdout.contains(CLIENT_ID));
+    // The session moved to a second request through Caddy and carried data.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("[ok]   resume") && l.contains("answered across it")),
+        "{}",
+        out.stdout
+    );
     // Caddy proxying h2c to something that is not an HTTP/2 server: what a
     // service deployed without --use-http2 looks like from outside.
     let not_h2c = TestBackend::start(Backend::Banner).await;
@@ -218,4 +227,27 @@ async fn through_caddy_healthy_and_without_h2c_upstream() {
         out.stdout
     );
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_server_without_resume_is_reported_and_not_a_failure() {
+    let pki = Pki::new();
+    let shutdown = CancellationToken::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut flags = server_flags(&pki);
+    flags.push("--no-resume".into());
+    let (server, _reports) = start_server(backend.addr, &strs(&flags), &shutdown).await;
+    let front = start_front(&pki, server, &shutdown).await;
+    let url = format!("https://localhost:{}/", front.port());
+    let flags = client_flags(&pki);
+    let argv: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = doctor(&url, &argv).await;
+    assert!(out.ok, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("[skip] resume") && l.contains("does not offer resume")),
+        "{}",
+        out.stdout
+    );
 }

@@ -34,8 +34,13 @@ pub(super) async fn resume(env: &Env<'_>, report: &mut Report) -> anyhow::Result
 
 async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = env.sizes.bulk;
-    let off = Proc::client("client-no-resume", &env.pki, env.server.addr.port(), &["--no-resume"])
-        .await?;
+    let off = Proc::client(
+        "client-no-resume",
+        &env.pki,
+        env.server.addr.port(),
+        &["--no-resume"],
+    )
+    .await?;
     traffic::quick_exchange(off.addr).await?;
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
@@ -51,7 +56,10 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             mbps(n, on),
             mbps(n, plain),
         );
-        row.note = format!("{:+.1}% vs off", 100.0 * (plain.as_secs_f64() / on.as_secs_f64() - 1.0));
+        row.note = format!(
+            "{:+.1}% vs off",
+            100.0 * (plain.as_secs_f64() / on.as_secs_f64() - 1.0)
+        );
         report.add(row);
     }
     Ok(())
