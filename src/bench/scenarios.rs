@@ -207,8 +207,10 @@ async fn start_streams(
 async fn first_bytes(addr: SocketAddr, n: usize, hold: bool) -> anyhow::Result<Vec<f64>> {
     let mut held: Vec<TcpStream> = Vec::new();
     let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (mut sock, t) = traffic::connect(addr).await.context("first byte")?;
+    for i in 0..n {
+        let (mut sock, t) = traffic::connect(addr)
+            .await
+            .with_context(|| format!("first byte of connection {} of {n} to {addr}", i + 1))?;
         times.push(t.as_secs_f64() * 1e3);
         if hold {
             held.push(sock);

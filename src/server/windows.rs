@@ -16,8 +16,12 @@
 //! authenticated tunnels, is what bounds the unauthenticated ones then).
 //!
 //! Every connection's window is also drawn from one process-wide
-//! [`Budget`] (`--buffer-budget`): a connection the budget cannot give its
-//! first window is closed, and a raise the budget cannot cover is partial.
+//! [`Budget`] (`--buffer-budget-mib`): a raise the budget cannot cover is
+//! partial, and raises leave the last quarter of it to first windows, so
+//! that connections whose tunnels have earned full windows never lock out
+//! new ones (at 512 MiB: 384 MiB of raises, ~46 connections at full speed,
+//! and room for 512 more first windows); a connection the budget cannot
+//! give even its first window is closed.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,12 +68,17 @@ impl Budget {
         self.total
     }
 
-    /// Takes up to `want` bytes, returning what was taken.
-    fn take(&self, want: u64) -> u64 {
+    /// Takes up to `want` bytes, leaving `keep`; returns what was taken.
+    fn take(&self, want: u64, keep: u64) -> u64 {
         let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
-        let got = want.min(*left);
+        let got = want.min(left.saturating_sub(keep));
         *left -= got;
         got
+    }
+
+    /// What raises leave untouched, for new connections' first windows.
+    fn reserve(&self) -> u64 {
+        self.total / 4
     }
 
     fn give(&self, bytes: u64) {
@@ -90,7 +99,7 @@ impl Grant {
     /// cover it.
     pub fn first(budget: &Arc<Budget>) -> Option<Grant> {
         let want = u64::from(PREAUTH_CONNECTION_WINDOW);
-        let got = budget.take(want);
+        let got = budget.take(want, 0);
         if got < want {
             budget.give(got);
             return None;
@@ -106,7 +115,7 @@ impl Grant {
     pub fn resize(&mut self, want: u32) -> u32 {
         let want = u64::from(want.max(PREAUTH_CONNECTION_WINDOW));
         if want > self.held {
-            self.held += self.budget.take(want - self.held);
+            self.held += self.budget.take(want - self.held, self.budget.reserve());
         } else {
             self.budget.give(self.held - want);
             self.held = want;
@@ -200,22 +209,27 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_refuses_first_windows_it_cannot_cover_and_caps_raises() {
-        let budget = Arc::new(Budget::new(u64::from(PREAUTH_CONNECTION_WINDOW) * 3));
+    fn raises_leave_a_reserve_for_first_windows_and_the_rest_is_refused() {
+        let first = u64::from(PREAUTH_CONNECTION_WINDOW);
+        // Four first windows' worth: a quarter (one) is kept from raises.
+        let budget = Arc::new(Budget::new(first * 4));
         let mut a = Grant::first(&budget).expect("first");
         let b = Grant::first(&budget).expect("second");
-        // A raise takes what is left, no more.
+        // A raise takes what is left above the reserve, no more.
         assert_eq!(
             a.resize(connection_window(4)),
             PREAUTH_CONNECTION_WINDOW * 2
         );
+        // Fully raised connections do not lock new ones out...
+        let c = Grant::first(&budget).expect("from the reserve");
+        // ...until the reserve is spent too.
         assert!(Grant::first(&budget).is_none());
         assert_eq!(a.resize(connection_window(0)), PREAUTH_CONNECTION_WINDOW);
-        drop(b);
-        let c = Grant::first(&budget).expect("after release");
-        let d = Grant::first(&budget).expect("after shrink");
+        let d = Grant::first(&budget).expect("after the shrink");
         assert!(Grant::first(&budget).is_none());
-        drop((a, c, d));
+        drop(b);
+        let e = Grant::first(&budget).expect("after a release");
+        drop((a, c, d, e));
         assert_eq!(*budget.left.lock().unwrap(), budget.total());
     }
 }
