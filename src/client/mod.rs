@@ -14,6 +14,7 @@ pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
 pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn};
 
+use crate::session::Session;
 use crate::transport::splice::{self, Totals};
 use crate::transport::workers::Workers;
 
@@ -209,12 +211,19 @@ impl Forward {
             };
             return (self.over(local, stream).await, 0);
         };
-        // Asking for a session means waiting for the answer before the first
-        // byte: the bodies carry frames only if the server agrees.
         headers.insert(
             crate::session::handshake::SESSION,
             http::HeaderValue::from_static(crate::session::handshake::VERSION),
         );
+        if self.inner.is_some() && policy.offered.load(Ordering::Relaxed) {
+            match self.optimistic(local, &headers, policy).await {
+                Some(outcome) => return outcome,
+                // Declined after all: ask again, and wait for the answer.
+                None => policy.offered.store(false, Ordering::Relaxed),
+            }
+        }
+        // Otherwise asking for a session means waiting for the answer before
+        // the first byte: the bodies carry frames only if the server agrees.
         let opened = async {
             let mut stream = self.connector.open(&headers).await?;
             let head = stream.response().await.context("tunnel")?;
@@ -228,6 +237,7 @@ impl Forward {
             Ok(session) => session,
             Err(stream) => return (self.over(local, stream).await, 0),
         };
+        policy.offered.store(true, Ordering::Relaxed);
         let keeper = resume::Keeper {
             forward: self,
             handle: session.handle(),
@@ -237,6 +247,62 @@ impl Forward {
         keeper.cookies.update(&head);
         let (result, ()) = tokio::join!(self.over(local, session), keeper.run());
         (result, keeper.handle.stats().resumes)
+    }
+
+    /// A session started before its `200`, as a tunnel without resume
+    /// starts: the inner ClientHello leaves right behind the request headers
+    /// (framed), saving the round trip the answer takes. Only with inner TLS
+    /// and only once this server has offered sessions. `None`: the server
+    /// did not offer one after all; its inner handshake failed on our first
+    /// frame, so nothing reached its backend and nothing was read from
+    /// `local`, and the caller asks again the slow way.
+    async fn optimistic<L>(
+        &self,
+        local: &mut L,
+        headers: &HeaderMap,
+        policy: &ResumePolicy,
+    ) -> Option<(anyhow::Result<Totals>, u64)>
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut stream = match self.connector.open(headers).await {
+            Ok(s) => s,
+            Err(e) => return Some((Err(e.into()), 0)),
+        };
+        let head = stream.report_response();
+        let session = Session::new(policy.session.clone(), stream, None);
+        let keeper = resume::Keeper {
+            forward: self,
+            handle: session.handle(),
+            cookies: resume::Cookies::default(),
+            policy: policy.clone(),
+        };
+        let mut declined = false;
+        let mut refused = None;
+        let keep = async {
+            match head.await {
+                Ok(Ok(head)) => match resume::session_id(&head) {
+                    Some(id) => {
+                        keeper.handle.set_id(id);
+                        keeper.cookies.update(&head);
+                        keeper.run().await;
+                    }
+                    None => declined = true,
+                },
+                Ok(Err(e)) => refused = Some(e),
+                // The stream went before its answer: the copy says why.
+                Err(_) => {}
+            }
+        };
+        let (result, ()) = tokio::join!(self.over(local, session), keep);
+        let resumes = keeper.handle.stats().resumes;
+        match (result, declined, refused) {
+            (Err(_), true, _) => None,
+            // The front end's or server's status says more than the
+            // handshake that it cut short.
+            (Err(_), _, Some(e)) => Some((Err(anyhow::Error::new(e).context("tunnel")), 0)),
+            (result, _, _) => Some((result, resumes)),
+        }
     }
 
     /// The inner TLS (unless --no-inner-tls) and the copy, over `stream`.
@@ -259,7 +325,7 @@ impl Forward {
                     Err(_) => anyhow::bail!("inner TLS handshake timed out"),
                 };
                 let (io, conn) = tls.get_mut();
-                io.keyed(conn);
+                io.keyed(conn).await;
                 let (result, totals) = splice::splice(local, &mut tls).await;
                 if result.is_ok() {
                     tls.get_mut().0.finish().await;

@@ -35,6 +35,9 @@ pub struct ResumePolicy {
     /// Move the session to a fresh stream this long after its stream
     /// opened, before a front end's request timeout cuts it (None: never).
     pub max_request_age: Option<Duration>,
+    /// Whether the server offered a session last time: then the next
+    /// tunnel's session starts before its `200` (shared by the workers).
+    pub(crate) offered: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for ResumePolicy {
@@ -42,6 +45,7 @@ impl Default for ResumePolicy {
         ResumePolicy {
             session: crate::session::Config::default(),
             max_request_age: Some(Duration::from_secs(55 * 60)),
+            offered: Default::default(),
         }
     }
 }
@@ -259,6 +263,13 @@ fn label(status: u16) -> &'static str {
     }
 }
 
+/// The session id a `200` offers, if any.
+pub(crate) fn session_id(head: &HeaderMap) -> Option<crate::session::SessionId> {
+    head.get(handshake::SESSION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// What the server's `200` offered: a session (id, and key on a plain
 /// tunnel), or nothing (today's byte stream).
 pub(crate) fn offered(
@@ -266,11 +277,7 @@ pub(crate) fn offered(
     stream: H2Stream,
     config: &crate::session::Config,
 ) -> Result<Session, H2Stream> {
-    let Some(id) = head
-        .get(handshake::SESSION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    else {
+    let Some(id) = session_id(head) else {
         return Err(stream);
     };
     let session = Session::new(config.clone(), stream, Some(id));
@@ -295,7 +302,10 @@ pub(crate) trait Carried:
     /// The copy failed (the local connection was reset): pass it on.
     fn abort(&mut self) -> impl std::future::Future<Output = ()> + Send;
     /// The inner handshake is done: key resumes from it.
-    fn keyed(&mut self, tls: &rustls::ClientConnection);
+    fn keyed(
+        &mut self,
+        tls: &rustls::ClientConnection,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 impl Carried for H2Stream {
@@ -307,7 +317,7 @@ impl Carried for H2Stream {
     }
     // Dropping an unfinished stream resets it.
     async fn abort(&mut self) {}
-    fn keyed(&mut self, _: &rustls::ClientConnection) {}
+    async fn keyed(&mut self, _: &rustls::ClientConnection) {}
 }
 
 impl Carried for Session {
@@ -328,12 +338,21 @@ impl Carried for Session {
         // at once instead of waiting the grace period for a resume.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.reset()).await;
     }
-    fn keyed(&mut self, tls: &rustls::ClientConnection) {
+    async fn keyed(&mut self, tls: &rustls::ClientConnection) {
         let handle = self.handle();
-        if let Some(id) = handle.id() {
-            if let Ok(key) = crate::session::ResumeKey::exported(tls, &id) {
-                handle.set_key(key);
+        // A session started before its `200` learns its id from the head,
+        // which arrived before the ServerHello but may not have been handed
+        // over yet: the task that does so runs beside this one.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let id = loop {
+            match handle.id() {
+                Some(id) => break id,
+                None if Instant::now() < deadline => tokio::task::yield_now().await,
+                None => return,
             }
+        };
+        if let Ok(key) = crate::session::ResumeKey::exported(tls, &id) {
+            handle.set_key(key);
         }
     }
 }

@@ -171,6 +171,7 @@ impl Forward {
             resume: (!args.no_resume).then(|| client::ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
                 session: crate::session::Config::with_grace(args.resume_timeout),
+                ..client::ResumePolicy::default()
             }),
         })
     }

@@ -51,6 +51,8 @@ pub struct H2Stream {
     /// END_STREAM waits for the peer's END_STREAM (see [`H2Stream::defer_end_stream`]).
     defer_end: bool,
     end_pending: bool,
+    /// Where the response's headers go when a read consumes them.
+    head_to: Option<tokio::sync::oneshot::Sender<io::Result<http::HeaderMap>>>,
     _guard: Option<StreamGuard>,
 }
 
@@ -83,6 +85,7 @@ impl H2Stream {
             ended: false,
             defer_end: false,
             end_pending: false,
+            head_to: None,
             _guard: None,
         }
     }
@@ -116,6 +119,23 @@ impl H2Stream {
                     .err()
                     .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))
             }
+        }
+    }
+
+    /// Client side, for a stream whose reads start before the response is
+    /// in (a session sent optimistically): the response's headers, or the
+    /// error a read gives for it, once a read has consumed them.
+    pub fn report_response(
+        &mut self,
+    ) -> tokio::sync::oneshot::Receiver<io::Result<http::HeaderMap>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.head_to = Some(tx);
+        rx
+    }
+
+    fn report(&mut self, head: impl FnOnce() -> io::Result<http::HeaderMap>) {
+        if let Some(tx) = self.head_to.take() {
+            let _ = tx.send(head());
         }
     }
 
@@ -249,17 +269,26 @@ impl AsyncRead for H2Stream {
             match &mut this.recv {
                 Recv::Response(fut) => match ready!(Pin::new(fut).poll(cx)) {
                     Ok(resp) if resp.status() == StatusCode::OK => {
-                        this.recv = Recv::Body(resp.into_body());
+                        let (parts, body) = resp.into_parts();
+                        this.recv = Recv::Body(body);
+                        this.report(|| Ok(parts.headers));
                     }
                     Ok(resp) => {
                         let status = resp.status();
                         this.recv = Recv::Eof;
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            Refused { status },
-                        )));
+                        let refused =
+                            || io::Error::new(io::ErrorKind::ConnectionRefused, Refused { status });
+                        this.report(|| Err(refused()));
+                        return Poll::Ready(Err(refused()));
                     }
-                    Err(e) => return Poll::Ready(read_end(e, &mut this.recv)),
+                    Err(e) => {
+                        let end = read_end(e, &mut this.recv);
+                        this.report(|| match &end {
+                            Ok(()) => Err(io::ErrorKind::UnexpectedEof.into()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        });
+                        return Poll::Ready(end);
+                    }
                 },
                 Recv::Body(body) => match ready!(body.poll_data(cx)) {
                     Some(Ok(chunk)) => {

@@ -366,3 +366,41 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
     drop(front);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_server_that_stops_offering_sessions_gets_plain_tunnels_again() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut server = child::server(&pki, backend.addr, &[]);
+    let addr = server.addr;
+    let shutdown = CancellationToken::new();
+    let url = format!("http://{addr}/");
+    let client = start_client(&url, &strs(&child::client_flags(&pki)), &shutdown).await;
+    // The first tunnel learns that the server offers sessions, so the next
+    // one starts its session before the answer comes.
+    let data = random_bytes(100_000, 1);
+    assert_eq!(
+        round_trip(client, &data).await.expect("with sessions"),
+        data
+    );
+    server.kill();
+    let _plain = child::server_on(&pki, backend.addr, &addr.to_string(), &["--no-resume"]);
+    // That optimistic start meets a server without sessions: its inner
+    // handshake fails on the first frame, before any backend, and the
+    // client asks again the plain way. The application sees nothing of it.
+    let mut back = None;
+    for _ in 0..50 {
+        match round_trip(client, &data).await {
+            Ok(b) => {
+                back = Some(b);
+                break;
+            }
+            // The client's dial backoff after the kill.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(back.expect("a tunnel to the plain server"), data);
+    let again = round_trip(client, &data).await.expect("and the next");
+    assert_eq!(again, data);
+    shutdown.cancel();
+}
