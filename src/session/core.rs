@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,8 +28,10 @@ use super::frame::{
     self, Frame, FrameCodec, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME,
 };
 use super::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
+use super::out::Out;
 use super::registry::{Budget, Refusal};
 use super::replay::Replay;
+use super::wake::{Side, Wakers};
 use super::{Config, Phase, Stats};
 
 /// What a session can run over: an `H2Stream` in production, anything
@@ -66,65 +68,6 @@ pub(crate) struct Shared {
     phase: watch::Sender<Phase>,
 }
 
-#[derive(Default)]
-struct Wakers {
-    read: Mutex<Option<Waker>>,
-    write: Mutex<Option<Waker>>,
-    driver: Mutex<Option<Waker>>,
-}
-
-/// Which caller drives the session: it is not woken for its own progress.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Read,
-    Write,
-    Driver,
-}
-
-impl Wakers {
-    fn set(slot: &Mutex<Option<Waker>>, waker: &Waker) {
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
-    }
-
-    fn wake(slot: &Mutex<Option<Waker>>) {
-        if let Some(w) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            w.wake_by_ref();
-        }
-    }
-}
-
-impl Wake for Wakers {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    /// The carrier's readiness: the driver, when there is one, drives the
-    /// session and wakes only the application side that can now progress
-    /// (one task polled per event instead of three); without one, both
-    /// application sides drive it.
-    fn wake_by_ref(self: &Arc<Self>) {
-        let driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = driver.as_ref() {
-            w.wake_by_ref();
-            return;
-        }
-        drop(driver);
-        Wakers::wake(&self.read);
-        Wakers::wake(&self.write);
-    }
-}
-
-impl Wakers {
-    /// Everyone: for changes from outside the application's calls.
-    fn wake_everyone(&self) {
-        Wakers::wake(&self.read);
-        Wakers::wake(&self.write);
-        Wakers::wake(&self.driver);
-    }
-}
-
 /// The current carrier and what has been sent on it.
 struct Link {
     io: Box<dyn Carrier>,
@@ -153,91 +96,6 @@ impl Link {
             read_idle: false,
             unflushed: false,
         }
-    }
-}
-
-/// Frames staged for the carrier, in order: control frames and DATA headers
-/// are encoded into `ctl`, DATA payloads stay the replay buffer's own
-/// `Bytes`, and the carrier gets them as one vectored write (no copy here).
-#[derive(Default)]
-struct Out {
-    pieces: VecDeque<Bytes>,
-    /// Bytes in `pieces`.
-    queued: usize,
-    ctl: BytesMut,
-}
-
-/// Pieces handed to one vectored write at most.
-const OUT_SLICES: usize = 16;
-
-impl Out {
-    fn len(&self) -> usize {
-        self.queued + self.ctl.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Where control frames and DATA headers are encoded.
-    fn ctl(&mut self) -> &mut BytesMut {
-        &mut self.ctl
-    }
-
-    /// Moves what `ctl` holds into the queue.
-    fn seal(&mut self) {
-        if !self.ctl.is_empty() {
-            let piece = self.ctl.split().freeze();
-            self.queued += piece.len();
-            self.pieces.push_back(piece);
-        }
-    }
-
-    /// Queues `payload` after everything encoded so far.
-    fn push(&mut self, payload: Bytes) {
-        self.seal();
-        self.queued += payload.len();
-        self.pieces.push_back(payload);
-    }
-
-    /// Drops the first `n` bytes (written).
-    fn advance(&mut self, mut n: usize) {
-        self.queued -= n;
-        while n > 0 {
-            let Some(front) = self.pieces.front_mut() else {
-                return;
-            };
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.pieces.pop_front();
-        }
-    }
-
-    /// Writes as much as the carrier takes in one vectored write.
-    fn poll_write(
-        &mut self,
-        io: &mut Box<dyn Carrier>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
-        self.seal();
-        let mut slices = [io::IoSlice::new(&[]); OUT_SLICES];
-        let mut k = 0;
-        for (slot, piece) in slices.iter_mut().zip(&self.pieces) {
-            *slot = io::IoSlice::new(piece);
-            k += 1;
-        }
-        let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..k]))?;
-        self.advance(written);
-        Poll::Ready(Ok(written))
-    }
-
-    /// Everything, for a carrier that is ending.
-    fn into_pieces(mut self) -> VecDeque<Bytes> {
-        self.seal();
-        self.pieces
     }
 }
 

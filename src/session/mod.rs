@@ -12,6 +12,8 @@
 //! - [`frame`]: the wire framing (DATA, ACK, FIN, CLOSE), so that a cut
 //!   carrier is never mistaken for a half-close or a clean end.
 //! - `replay`: the bounded buffer of bytes the peer has not acknowledged.
+//! - `out`: the frames staged for the carrier (payloads not copied);
+//!   `wake`: which of the application's sides and the driver is woken.
 //! - [`Session`] / [`SessionHandle`]: the application's byte stream and the
 //!   control handle that attaches new carriers after a cut.
 //! - [`handshake`]: ids, resume keys (exported from the inner TLS, or random
@@ -24,8 +26,10 @@
 mod core;
 pub mod frame;
 pub mod handshake;
+mod out;
 mod registry;
 mod replay;
+mod wake;
 
 use std::time::Duration;
 
