@@ -28,8 +28,8 @@ use super::frame::{
     self, Frame, FrameCodec, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME,
 };
 use super::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
+use super::limits::{Budget, Refusal};
 use super::out::Out;
-use super::registry::{Budget, Refusal};
 use super::replay::Replay;
 use super::wake::{Side, Wakers};
 use super::{Config, Phase, Stats};
@@ -51,7 +51,8 @@ pub type Accepted = (ResumeResponse, Option<Option<Box<dyn Carrier>>>);
 /// The application's side of a session.
 pub struct Session {
     shared: Arc<Shared>,
-    _registration: Option<super::registry::Registration>,
+    /// Whatever must go when the session does (its registry entry).
+    _registration: Option<Box<dyn Send + Sync>>,
 }
 
 /// A handle for attaching carriers, keying and watching a session, held by
@@ -646,10 +647,10 @@ impl Session {
     pub(crate) fn registered(
         mut self,
         budget: Arc<Budget>,
-        registration: super::registry::Registration,
+        registration: impl Send + Sync + 'static,
     ) -> Session {
         self.shared.lock().budget = Some(budget);
-        self._registration = Some(registration);
+        self._registration = Some(Box::new(registration));
         self
     }
 

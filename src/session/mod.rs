@@ -18,6 +18,8 @@
 //!   control handle that attaches new carriers after a cut.
 //! - [`handshake`]: ids, resume keys (exported from the inner TLS, or random
 //!   for plain tunnels), proofs and the headers that carry them.
+//! - `limits`: why a resume is refused ([`Refusal`]) and the limits on
+//!   detached sessions.
 //! - [`Registry`]: the server's sessions by id, with the grace period and
 //!   the limits on detached sessions.
 //!
@@ -26,6 +28,7 @@
 mod core;
 pub mod frame;
 pub mod handshake;
+mod limits;
 mod out;
 mod registry;
 mod replay;

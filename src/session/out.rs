@@ -8,8 +8,6 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
-use super::core::Carrier;
-
 /// Frames staged for the carrier, in order: control frames and DATA headers
 /// are encoded into `ctl`, DATA payloads stay the replay buffer's own
 /// `Bytes`, and the carrier gets them as one vectored write (no copy here).
@@ -71,9 +69,9 @@ impl Out {
     }
 
     /// Writes as much as the carrier takes in one vectored write.
-    pub(super) fn poll_write(
+    pub(super) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
-        io: &mut Box<dyn Carrier>,
+        io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         self.seal();
