@@ -343,13 +343,8 @@ impl Carried for Session {
         // A session started before its `200` learns its id from the head,
         // which arrived before the ServerHello but may not have been handed
         // over yet: the task that does so runs beside this one.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let id = loop {
-            match handle.id() {
-                Some(id) => break id,
-                None if Instant::now() < deadline => tokio::task::yield_now().await,
-                None => return,
-            }
+        let Ok(id) = tokio::time::timeout(Duration::from_secs(2), handle.known_id()).await else {
+            return;
         };
         if let Ok(key) = crate::session::ResumeKey::exported(tls, &id) {
             handle.set_key(key);

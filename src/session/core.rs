@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     wakers: Arc<Wakers>,
     phase: watch::Sender<Phase>,
+    /// Told when the id becomes known (a client learns it from the `200`).
+    id_known: tokio::sync::Notify,
 }
 
 /// The current carrier and what has been sent on it.
@@ -637,6 +639,7 @@ impl Session {
             state: Mutex::new(state),
             wakers: Arc::new(Wakers::default()),
             phase: watch::Sender::new(Phase::Attached { generation: 1 }),
+            id_known: tokio::sync::Notify::new(),
         });
         Session {
             shared,
@@ -900,6 +903,21 @@ impl SessionHandle {
     /// is already set stays.
     pub fn set_id(&self, id: SessionId) {
         self.shared.lock().id.get_or_insert(id);
+        self.shared.id_known.notify_waiters();
+    }
+
+    /// The session's id, waiting until it is known.
+    pub async fn known_id(&self) -> SessionId {
+        loop {
+            let notified = self.shared.id_known.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a set_id in between is seen.
+            notified.as_mut().enable();
+            if let Some(id) = self.id() {
+                return id;
+            }
+            notified.await;
+        }
     }
 
     /// Installs the resume key: after the inner handshake (exported), or

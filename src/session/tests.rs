@@ -795,3 +795,23 @@ async fn a_thousand_detached_sessions_stay_within_their_limits_and_go_after_the_
     drop(sessions);
     assert_eq!(registry.usage().sessions, 0, "the table is empty");
 }
+
+#[tokio::test]
+async fn the_id_a_client_learns_later_wakes_whoever_waits_for_it() {
+    let (c, _s) = relay(usize::MAX);
+    let client = Session::new(config(WINDOW), c, None);
+    let handle = client.handle();
+    let waiting = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.known_id().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "no id yet");
+    let id = SessionId::random();
+    handle.set_id(id);
+    let got = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("woken")
+        .expect("task");
+    assert_eq!(got, id);
+}
