@@ -31,19 +31,7 @@ async fn doctor(url: &str, flags: &[&str]) -> Outcome {
 /// A server (inner mTLS) behind the TLS front end; returns the front's URL.
 async fn service(pki: &Pki, backend: Backend, shutdown: &CancellationToken) -> String {
     let backend = TestBackend::start(backend).await;
-    let (server, _reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &pki.p("server.pem"),
-            "--key",
-            &pki.p("server-key.pem"),
-            "--client-ca",
-            &pki.p("ca.pem"),
-        ],
-        shutdown,
-    )
-    .await;
+    let (server, _reports) = start_server(backend.addr, &strs(&server_flags(pki)), shutdown).await;
     let front = start_front(pki, server, shutdown).await;
     format!("https://localhost:{}/", front.port())
 }
@@ -188,19 +176,8 @@ async fn through_caddy_healthy_and_without_h2c_upstream() {
     let pki = Pki::new();
     let shutdown = CancellationToken::new();
     let backend = TestBackend::start(Backend::Echo).await;
-    let (server, _reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &pki.p("server.pem"),
-            "--key",
-            &pki.p("server-key.pem"),
-            "--client-ca",
-            &pki.p("ca.pem"),
-        ],
-        &shutdown,
-    )
-    .await;
+    let (server, _reports) =
+        start_server(backend.addr, &strs(&server_flags(&pki)), &shutdown).await;
     let flags = client_flags(&pki);
     let argv: Vec<&str> = flags.iter().map(String::as_str).collect();
     let healthy = caddy::Caddy::start(&pki, server).await;

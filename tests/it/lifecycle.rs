@@ -67,26 +67,6 @@ async fn server_on(
     (server.task, server.reports)
 }
 
-/// An open local connection through the client, checked with one round trip.
-async fn open_echo(client: SocketAddr, tag: u64) -> TcpStream {
-    let mut sock = TcpStream::connect(client).await.expect("connect client");
-    sock.set_nodelay(true).expect("nodelay");
-    echo(&mut sock, tag).await;
-    sock
-}
-
-/// Sends a chunk on an open echo tunnel and checks it comes back intact.
-async fn echo(sock: &mut TcpStream, seed: u64) {
-    let data = random_bytes(64 * 1024, seed);
-    let mut back = vec![0u8; data.len()];
-    let (mut r, mut w) = sock.split();
-    let both = async { tokio::join!(w.write_all(&data), r.read_exact(&mut back)) };
-    let (wr, rd) = tokio::time::timeout(LIMIT, both).await.expect("echo hung");
-    wr.expect("echo write");
-    rd.expect("echo read");
-    assert!(back == data, "echo {seed} came back altered");
-}
-
 /// Half-closes an echo tunnel and expects an orderly EOF after the echo.
 async fn finish(mut sock: TcpStream) {
     sock.shutdown().await.expect("half-close");

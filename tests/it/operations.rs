@@ -315,26 +315,6 @@ async fn human_logs_to_a_pipe_have_no_escape_codes() {
     shutdown.cancel();
 }
 
-/// An open echo tunnel through `client`, checked with one round trip.
-async fn open_echo(client: u16, seed: u64) -> TcpStream {
-    let mut sock = TcpStream::connect(("127.0.0.1", client))
-        .await
-        .expect("connect client");
-    echo(&mut sock, seed).await;
-    sock
-}
-
-async fn echo(sock: &mut TcpStream, seed: u64) {
-    let data = random_bytes(16 * 1024, seed);
-    let mut back = vec![0u8; data.len()];
-    let (mut r, mut w) = sock.split();
-    let both = async { tokio::join!(w.write_all(&data), r.read_exact(&mut back)) };
-    let (wr, rd) = tokio::time::timeout(LIMIT, both).await.expect("echo hung");
-    wr.expect("echo write");
-    rd.expect("echo read");
-    assert!(back == data, "echo {seed} came back altered");
-}
-
 /// Starts an in-process server and `postern client` in front of it.
 async fn client_process(
     pki: &Pki,
@@ -359,7 +339,7 @@ async fn client_sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
     let pki = Pki::new();
     let shutdown = CancellationToken::new();
     let (mut client, port, backend) = client_process(&pki, &[], &shutdown).await;
-    let mut open = open_echo(port, 1).await;
+    let mut open = open_echo(local(port), 1).await;
     client.sigterm();
     let closed = poll(|| async { TcpStream::connect(("127.0.0.1", port)).await.is_err() });
     assert!(closed.await, "client kept listening after SIGTERM");
@@ -399,7 +379,7 @@ async fn client_tunnel_outliving_the_drain_is_closed_and_the_exit_is_zero() {
     let shutdown = CancellationToken::new();
     let (mut client, port, _backend) =
         client_process(&pki, &["--drain-timeout", "500ms"], &shutdown).await;
-    let mut stuck = open_echo(port, 3).await;
+    let mut stuck = open_echo(local(port), 3).await;
     client.sigterm();
     let mut buf = [0u8; 64];
     let r = tokio::time::timeout(LIMIT, stuck.read(&mut buf))
@@ -841,4 +821,9 @@ async fn credential_errors_are_one_line_and_name_the_file_or_status() {
     );
     assert!(err.contains(&format!("{}/token", google.url)), "{err}");
     assert!(!err.contains('\n') && !err.contains("eyJ"), "{err}");
+}
+
+/// The loopback address of a port a child process reported.
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }

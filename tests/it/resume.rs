@@ -65,19 +65,8 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let (server, mut reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &pki.p("server.pem"),
-            "--key",
-            &pki.p("server-key.pem"),
-            "--client-ca",
-            &pki.p("ca.pem"),
-        ],
-        &shutdown,
-    )
-    .await;
+    let (server, mut reports) =
+        start_server(backend.addr, &strs(&server_flags(&pki)), &shutdown).await;
     let mut front = Caddy::start(&pki, server).await;
     let port = front.port;
     let client = start_client(

@@ -91,19 +91,8 @@ async fn client_without_certificate_is_refused_before_backend() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (server, mut reports) = start_server(
-        backend.addr,
-        &[
-            "--cert",
-            &pki.p("server.pem"),
-            "--key",
-            &pki.p("server-key.pem"),
-            "--client-ca",
-            &pki.p("ca.pem"),
-        ],
-        &shutdown,
-    )
-    .await;
+    let (server, mut reports) =
+        start_server(backend.addr, &strs(&server_flags(&pki)), &shutdown).await;
     // A client that verifies the server but presents no certificate.
     let config = rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()

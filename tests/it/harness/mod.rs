@@ -203,6 +203,26 @@ pub async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
     (got, report)
 }
 
+/// An open local connection through the client, checked with one round trip.
+pub async fn open_echo(client: SocketAddr, tag: u64) -> TcpStream {
+    let mut sock = TcpStream::connect(client).await.expect("connect client");
+    sock.set_nodelay(true).expect("nodelay");
+    echo(&mut sock, tag).await;
+    sock
+}
+
+/// Sends a chunk on an open echo tunnel and checks it comes back intact.
+pub async fn echo(sock: &mut TcpStream, seed: u64) {
+    let data = random_bytes(64 * 1024, seed);
+    let mut back = vec![0u8; data.len()];
+    let (mut r, mut w) = sock.split();
+    let both = async { tokio::join!(w.write_all(&data), r.read_exact(&mut back)) };
+    let (wr, rd) = tokio::time::timeout(LIMIT, both).await.expect("echo hung");
+    wr.expect("echo write");
+    rd.expect("echo read");
+    assert!(back == data, "echo {seed} came back altered");
+}
+
 /// Writes `data` to `addr`, half-closes, and reads everything that comes back.
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut sock = TcpStream::connect(addr).await?;
