@@ -30,7 +30,8 @@
 //!   stay on one), `socket` (options of the outer TCP sockets).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
-//!   replay buffer), `core` (one session over many carriers), `out` (frames
+//!   replay buffer), `core` (one session over many carriers; `core/handle`
+//!   its control handle), `out` (frames
 //!   staged for the carrier), `wake` (who is woken), `handshake`
 //!   (ids, keys, resume proofs), `registry` (the server's detached sessions).
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner

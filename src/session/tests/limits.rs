@@ -1,0 +1,254 @@
+//! What a session may hold and who may resume it: windows, refusals, the
+//! grace period and the limits on detached sessions.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_full_replay_buffer_makes_writes_wait() {
+    let window = 256 * 1024;
+    let (_registry, mut server, mut client) = pair(window, usize::MAX);
+    // The server's application reads nothing, so nothing is acknowledged.
+    let chunk = vec![7u8; 10_000];
+    let mut written = 0;
+    while let Ok(n) = tokio::time::timeout(Duration::from_secs(5), client.write(&chunk)).await {
+        written += n.expect("write");
+    }
+    assert!(written <= window, "at most the window is held: {written}");
+    assert!(
+        written > window * 9 / 10,
+        "the window, less per-chunk overhead: {written}"
+    );
+    // Reading on the server acknowledges, and writes flow again.
+    let mut sink = vec![0u8; written];
+    server.read_exact(&mut sink).await.expect("server reads");
+    tokio::time::timeout(Duration::from_secs(5), client.write_all(&chunk))
+        .await
+        .expect("room again")
+        .expect("write");
+}
+
+#[tokio::test]
+async fn data_past_the_window_is_refused_so_memory_stays_bounded() {
+    let (carrier, mut peer) = tokio::io::duplex(1 << 20);
+    let mut session = Session::new(config(64 * 1024), carrier, None);
+    let mut wire = BytesMut::new();
+    for i in 0..2u64 {
+        let payload = vec![1u8; MAX_DATA].into();
+        FrameCodec
+            .encode(
+                Frame::Data {
+                    offset: i * MAX_DATA as u64,
+                    payload,
+                },
+                &mut wire,
+            )
+            .expect("encode");
+    }
+    peer.write_all(&wire).await.expect("peer writes");
+    let mut buf = vec![0u8; 10];
+    let err = tokio::time::timeout(LIMIT, async {
+        loop {
+            // The first frame fits the window and is readable; the second is not.
+            if let Err(e) = session.read(&mut buf).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    assert!(err.to_string().contains("exceeds the window"), "{err}");
+}
+
+#[tokio::test]
+async fn every_refusal_is_distinct_and_leaves_the_session_alone() {
+    let (registry, mut server, mut client) = pair(WINDOW, usize::MAX);
+    let id = server.handle().id().expect("id");
+    client.write_all(b"abc").await.expect("write");
+    let mut got = [0u8; 3];
+    server.read_exact(&mut got).await.expect("read");
+    let good = client.handle().resume_request().expect("request");
+    let refuse = |request: &ResumeRequest| {
+        let (_, s) = relay(usize::MAX);
+        registry
+            .resume(request, s)
+            .map(|_| ())
+            .expect_err("refused")
+    };
+
+    let forged = ResumeRequest::new(&ResumeKey::random(), id, good.generation, good.received);
+    let wrong = refuse(&forged);
+    assert_eq!(
+        (wrong.label(), wrong.status().as_u16()),
+        ("wrong_proof", 403)
+    );
+
+    let unknown = refuse(&ResumeRequest {
+        id: SessionId::random(),
+        ..good.clone()
+    });
+    assert_eq!(
+        (unknown.label(), unknown.status().as_u16()),
+        ("unknown_session", 404)
+    );
+
+    let key = ResumeKey::random();
+    server.handle().set_key(key.clone());
+    client.handle().set_key(key.clone());
+    let stale = refuse(&ResumeRequest::new(&key, id, good.generation, 1_000_000));
+    assert_eq!(
+        (stale.label(), stale.status().as_u16()),
+        ("offset_outside_window", 416)
+    );
+
+    let old = refuse(&ResumeRequest::new(&key, id, good.generation - 1, 0));
+    assert_eq!(
+        (old.label(), old.status().as_u16()),
+        ("already_attached", 409)
+    );
+
+    // None of them touched the session: same carrier, no resume, data flows.
+    assert_eq!(server.handle().phase(), Phase::Attached { generation: 1 });
+    assert_eq!(server.handle().stats(), Stats::default());
+    tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 1024 * 1024))
+        .await
+        .expect("still works");
+}
+
+#[tokio::test]
+async fn an_unkeyed_session_cannot_be_resumed_and_ends_when_cut() {
+    let registry = Registry::new(config(WINDOW), Limits::default());
+    let (c, s) = relay(0);
+    let mut server = registry.open(s);
+    let id = server.handle().id().expect("id");
+    let request = ResumeRequest::new(&ResumeKey::random(), id, 1, 0);
+    let (_, s2) = relay(usize::MAX);
+    assert_eq!(
+        registry.resume(&request, s2).map(|_| ()),
+        Err(Refusal::UnknownSession)
+    );
+    drop(c);
+    let err = tokio::time::timeout(LIMIT, server.read(&mut [0u8; 1]))
+        .await
+        .expect("ends")
+        .expect_err("cut");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_session_expires_after_the_grace_period() {
+    // The relay cuts at once, and no resume comes (dropping the client
+    // would not do: a dropped session tells its peer with CLOSE).
+    let (registry, mut server, _client) = pair(WINDOW, 0);
+    let started = tokio::time::Instant::now();
+    let err = server.read(&mut [0u8; 1]).await.expect_err("expired");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "kept for the grace period"
+    );
+    assert_eq!(
+        registry.usage().detached,
+        0,
+        "the detached slot was released"
+    );
+    drop(server);
+    assert_eq!(registry.usage().sessions, 0, "and the table entry");
+}
+
+#[tokio::test]
+async fn cuts_past_the_detached_limit_end_at_once() {
+    let limits = Limits {
+        max_detached: 1,
+        ..Limits::default()
+    };
+    let registry = Registry::new(config(WINDOW), limits);
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (c, s) = relay(usize::MAX);
+        let session = registry.open(s);
+        session.handle().set_key(ResumeKey::random());
+        sessions.push((session, c));
+    }
+    let (mut first, c1) = sessions.remove(0);
+    let (mut second, c2) = sessions.remove(0);
+    drop((c1, c2));
+    // The first to notice its cut is kept; the other ends at once.
+    let read = |s: &mut Session| {
+        let mut b = [0u8; 1];
+        futures_poll(s, &mut b)
+    };
+    let outcomes = tokio::time::timeout(LIMIT, async {
+        loop {
+            let (a, b) = (read(&mut first), read(&mut second));
+            if registry.usage().detached == 1 && (a.is_some() || b.is_some()) {
+                return (a, b);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("one refused");
+    let refused = outcomes.0.or(outcomes.1).expect("one ended");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionAborted);
+    assert!(
+        refused.to_string().contains("too many detached"),
+        "{refused}"
+    );
+    assert_eq!(registry.usage().detached, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_detached_sessions_stay_within_their_limits_and_go_after_the_grace() {
+    const HELD: usize = 16 * 1024;
+    let limits = Limits {
+        max_detached: 1000,
+        max_detached_bytes: 64 * 1024 * 1024,
+    };
+    let registry = Registry::new(config(WINDOW), limits);
+    let mut sessions = Vec::new();
+    // 1100 sessions, each with 16 KiB written and never acknowledged, then
+    // cut (the far end of each carrier dropped, no CLOSE sent).
+    for _ in 0..1100 {
+        let (far, near) = tokio::io::duplex(64 * 1024);
+        let mut session = registry.open(near);
+        session.handle().set_key(ResumeKey::random());
+        session.write_all(&[7u8; HELD]).await.expect("write");
+        let handle = session.handle();
+        tokio::spawn(async move { handle.drive().await });
+        drop(far);
+        sessions.push(session);
+    }
+    let settled = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ended = sessions
+                .iter()
+                .filter(|s| s.handle().phase() == Phase::Ended)
+                .count();
+            if registry.usage().detached + ended == 1100 {
+                return ended;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every cut noticed");
+    let usage = registry.usage();
+    assert_eq!(usage.detached, 1000, "{usage:?}");
+    assert_eq!(settled, 100, "the cuts past the limit ended at once");
+    // What the detached sessions hold is counted, and it is their bytes
+    // plus a small overhead each: bounded by the limits whatever comes.
+    assert!(usage.detached_bytes >= 1000 * HELD, "{usage:?}");
+    assert!(usage.detached_bytes <= 1000 * (HELD + 1024), "{usage:?}");
+    // After the grace period every one has ended and released its share.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let expired = tokio::time::timeout(Duration::from_secs(5), async {
+        while registry.usage().detached > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(expired.is_ok(), "{:?}", registry.usage());
+    assert_eq!(registry.usage().detached_bytes, 0);
+    drop(sessions);
+    assert_eq!(registry.usage().sessions, 0, "the table is empty");
+}

@@ -1,0 +1,160 @@
+//! The wire format alone: frames, the replay buffer's accounting, the
+//! resume headers and their proofs.
+
+use super::*;
+
+#[test]
+fn frames_round_trip() {
+    let frames = [
+        Frame::Data {
+            offset: 42,
+            payload: vec![9u8; MAX_DATA].into(),
+        },
+        Frame::Data {
+            offset: u64::MAX - 1,
+            payload: vec![1u8].into(),
+        },
+        Frame::Ack { consumed: 7 },
+        Frame::Fin { offset: 1 << 40 },
+        Frame::Close {
+            code: frame::CLOSE_RESET,
+        },
+    ];
+    let mut wire = BytesMut::new();
+    for f in &frames {
+        FrameCodec.encode(f.clone(), &mut wire).expect("encode");
+    }
+    // Fed one byte at a time: a partial frame is never an error or a frame.
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for b in wire {
+        buf.put_u8(b);
+        while let Some(f) = FrameCodec.decode(&mut buf).expect("decode") {
+            out.push(f);
+        }
+    }
+    assert_eq!(out, frames);
+}
+
+#[test]
+fn malformed_frames_are_errors_that_say_what_is_wrong() {
+    let cases: [(&[u8], &str); 7] = [
+        (&[0x07, 0, 0, 0], "unknown type 0x07"),
+        (
+            &[0x02, 0, 0, 4, 0, 0, 0, 0],
+            "ACK frame: length 4, expected 8",
+        ),
+        (&[0x03, 0, 0, 9], "FIN frame: length 9, expected 8"),
+        (&[0x04, 0, 0, 8], "CLOSE frame: length 8, expected 4"),
+        (&[0x01, 0, 0, 8], "0 payload bytes, expected 1 to 65536"),
+        (&[0x01, 0x01, 0, 9], "65537 payload bytes"),
+        (
+            &[
+                0x01, 0, 0, 10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2,
+            ],
+            "overflows",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let err = FrameCodec
+            .decode(&mut BytesMut::from(bytes))
+            .expect_err("malformed");
+        assert!(err.to_string().contains(want), "{bytes:?}: {err}");
+    }
+    // The header is judged before its payload arrives.
+    assert!(matches!(
+        FrameCodec.decode(&mut BytesMut::from(&[0x01, 0xff, 0xff, 0xff][..])),
+        Err(FrameError::DataSize(_))
+    ));
+}
+
+#[test]
+fn random_garbage_never_panics_or_buffers_past_one_frame() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut errors = 0;
+    for _ in 0..20_000 {
+        let mut buf = BytesMut::new();
+        let len = rng.random_range(0..64);
+        buf.extend((0..len).map(|_| rng.random::<u8>()));
+        match FrameCodec.decode(&mut buf) {
+            Err(_) => errors += 1,
+            Ok(_) => assert!(buf.capacity() <= frame::MAX_FRAME + 64, "bounded buffering"),
+        }
+    }
+    assert!(errors > 15_000, "almost all garbage is refused: {errors}");
+}
+
+#[test]
+fn replay_buffer_bounds_tiny_writes_by_their_overhead() {
+    let mut replay = replay::Replay::new(64 * 1024);
+    let mut taken = 0;
+    // Each byte sent at once becomes its own chunk.
+    loop {
+        let n = replay.push(b"x");
+        if n == 0 {
+            break;
+        }
+        let _ = replay.read_at(taken, 1);
+        taken += 1;
+    }
+    assert!(replay.charge() <= 64 * 1024);
+    assert!(
+        (taken as usize) < 64 * 1024 / replay::CHUNK_OVERHEAD,
+        "overhead counted: {taken}"
+    );
+    replay.ack(taken);
+    assert_eq!(replay.charge(), 0, "acknowledged chunks are freed");
+    assert_eq!(replay.base(), taken);
+}
+
+#[test]
+fn resume_headers_round_trip_and_proofs_bind_their_fields() {
+    let key = ResumeKey::random();
+    let id = SessionId::random();
+    let request = ResumeRequest::new(&key, id, 3, 12345);
+    let mut headers = http::HeaderMap::new();
+    request.to_headers(&mut headers);
+    let parsed = ResumeRequest::from_headers(&headers)
+        .expect("parses")
+        .expect("present");
+    assert_eq!(parsed, request);
+    assert!(parsed.verify(&key));
+    assert!(
+        !ResumeRequest {
+            received: 12346,
+            ..parsed.clone()
+        }
+        .verify(&key),
+        "offset bound"
+    );
+    assert!(
+        !ResumeRequest {
+            generation: 4,
+            ..parsed.clone()
+        }
+        .verify(&key),
+        "generation bound"
+    );
+    assert!(!parsed.verify(&ResumeKey::random()), "key bound");
+
+    let response = ResumeResponse::new(&key, &id, 4, 99);
+    let mut headers = http::HeaderMap::new();
+    response.to_headers(&mut headers);
+    let parsed = ResumeResponse::from_headers(&headers).expect("parses");
+    assert!(parsed.verify(&key, &id, 4));
+    assert!(
+        !parsed.verify(&key, &id, 3),
+        "a request's proof is not a response's"
+    );
+
+    assert_eq!(
+        ResumeRequest::from_headers(&http::HeaderMap::new()),
+        Ok(None)
+    );
+    headers.insert(handshake::RESUME, "!!".parse().expect("value"));
+    let err = ResumeRequest::from_headers(&headers).expect_err("malformed");
+    assert!(err.starts_with("postern-resume:"), "{err}");
+    let key_text = key.to_header();
+    let back = ResumeKey::from_header(key_text.to_str().expect("ascii")).expect("parses");
+    assert!(ResumeRequest::new(&back, id, 1, 0).verify(&key));
+}
