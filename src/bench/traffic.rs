@@ -99,8 +99,13 @@ async fn serve(mut sock: TcpStream) -> io::Result<()> {
             source(&mut sock, n).await?;
         }
         ECHO => {
-            let (mut r, mut w) = sock.split();
-            tokio::io::copy(&mut r, &mut w).await?;
+            // An interactive peer is a program of its own, not a task queued
+            // behind this runtime's bulk transfers: it echoes on a thread.
+            let sock = sock.into_std()?;
+            sock.set_nonblocking(false)?;
+            return tokio::task::spawn_blocking(move || echo_blocking(sock))
+                .await
+                .map_err(io::Error::other)?;
         }
         _ => {}
     }
@@ -227,6 +232,18 @@ pub async fn stream_until(
     }
 }
 
+/// Echoes until EOF on a blocking socket, then half-closes.
+fn echo_blocking(mut sock: std::net::TcpStream) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match sock.read(&mut buf)? {
+            0 => return sock.shutdown(std::net::Shutdown::Write),
+            n => sock.write_all(&buf[..n])?,
+        }
+    }
+}
+
 /// Opens an echo connection and times `samples` one-byte round trips (µs).
 pub async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
     ping_pong_for(addr, samples, Duration::ZERO).await
@@ -241,16 +258,35 @@ pub async fn ping_pong_for(
 ) -> io::Result<Vec<f64>> {
     let (mut sock, _) = connect(addr).await?;
     sock.write_all(&[ECHO]).await?;
+    // The pings run on a thread of their own with a blocking socket, as an
+    // interactive program beside a bulk one does: what they measure is the
+    // path, not this runtime's queue behind the bulk transfer's tasks.
+    let sock = sock.into_std()?;
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    tokio::task::spawn_blocking(move || ping_blocking(sock, samples, span))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn ping_blocking(
+    mut sock: std::net::TcpStream,
+    samples: usize,
+    span: Duration,
+) -> io::Result<Vec<f64>> {
+    use std::io::{Read, Write};
     let mut times = Vec::with_capacity(samples);
     let begun = Instant::now();
+    let mut back = [0u8; 1];
     // One untimed round trip first: the tunnel's lazy set-up is not latency.
     for i in 0.. {
         if i > samples && begun.elapsed() >= span {
             break;
         }
         let started = Instant::now();
-        sock.write_all(b".").await?;
-        if sock.read_u8().await? != b'.' {
+        sock.write_all(b".")?;
+        sock.read_exact(&mut back)?;
+        if back[0] != b'.' {
             return Err(io::Error::other("echo returned a different byte"));
         }
         if i > 0 {
