@@ -10,14 +10,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-/// Copy buffer per direction. Larger than a TLS record so one read can drain
-/// several records and one write hands the TLS layer many. Measured with
-/// `postern bench` (bulk, 512 MiB, client + server CPU): 64 KiB 4.9-6.0 s/GB,
-/// 256 KiB 4.5-4.7 s/GB; 512 KiB gained nothing more; measured again after
-/// the worker threads: 64 KiB 3.1-3.4, 256 KiB 2.7-3.1 s/GB. The buffer is
-/// allocated at the first read and never zeroed, and idle tunnels do not pay
-/// for it: untouched pages are not resident.
-pub const COPY_BUF: usize = 256 * 1024;
+/// Copy buffer per direction, and so the most one poll of a pump reads,
+/// encrypts or decrypts before it yields (see `Pump::poll`). Every tunnel
+/// of a connection shares one worker thread, so this is what a small
+/// exchange finds ahead of it there. Measured with `postern bench --quick`
+/// on 2 cores (1-byte ping-pong beside a bulk download / upload on the same
+/// connection, p50; bulk CPU client + server): 256 KiB 5.0 / 4.9 ms and
+/// 3.3–3.7 s/GB; 64 KiB 0.88 / 0.75 ms; 32 KiB 0.53 / 0.45 ms and 2.8–3.2
+/// s/GB; 16 KiB 0.47 / 0.33 ms but 3.5–4.3 s/GB. (An older measurement,
+/// before the pumps yielded, had favoured 256 KiB for CPU.) The buffer is
+/// allocated at the first read and never zeroed, and idle tunnels do not
+/// pay for it: untouched pages are not resident.
+pub const COPY_BUF: usize = 32 * 1024;
 
 /// Bytes moved by a finished tunnel.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -84,11 +88,9 @@ impl Pump {
         // on the receiving side of a bulk tunnel (whose HTTP/2 stream holds
         // megabytes ready) one poll decrypted and copied for milliseconds
         // while the connection task, and every other tunnel on the worker,
-        // waited. So the pump yields after a copy buffer's worth. Measured
-        // with `postern bench --quick` (ping-pong beside a bulk download on
-        // the same connection, p50): 13–16 ms before, 9.8 ms with the yield
-        // alone, 3.3–3.5 ms together with the outer sockets' low-water mark
-        // (`transport::socket`); bulk CPU per GB the same within noise.
+        // waited. So the pump yields after a copy buffer's worth (see
+        // `COPY_BUF` for what that size bought; before this yield, p50
+        // beside a bulk download was 13–16 ms).
         let mut moved_now = 0;
         loop {
             if moved_now >= COPY_BUF {
