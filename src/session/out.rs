@@ -5,8 +5,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use super::core::Carrier;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 
 /// Frames staged for the carrier, in order: control frames and DATA headers
 /// are encoded into `ctl`, DATA payloads stay the replay buffer's own
@@ -68,20 +68,28 @@ impl Out {
         }
     }
 
-    /// Writes as much as the carrier takes in one vectored write.
-    pub(super) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+    /// Writes as much as the carrier takes in one write: an HTTP/2 stream
+    /// takes the payloads as they are, any other carrier as one vectored
+    /// write.
+    pub(super) fn poll_write(
         &mut self,
-        io: &mut W,
+        io: &mut Box<dyn Carrier>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         self.seal();
-        let mut slices = [io::IoSlice::new(&[]); OUT_SLICES];
-        let mut k = 0;
-        for (slot, piece) in slices.iter_mut().zip(&self.pieces) {
-            *slot = io::IoSlice::new(piece);
-            k += 1;
-        }
-        let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..k]))?;
+        // The boxed carrier itself, not the box (which is a `Carrier` too).
+        let io: &mut dyn Carrier = &mut **io;
+        let written = if let Some(stream) = io.as_h2() {
+            ready!(stream.poll_write_owned(cx, self.pieces.iter().take(OUT_SLICES)))?
+        } else {
+            let mut slices = [io::IoSlice::new(&[]); OUT_SLICES];
+            let mut k = 0;
+            for (slot, piece) in slices.iter_mut().zip(&self.pieces) {
+                *slot = io::IoSlice::new(piece);
+                k += 1;
+            }
+            ready!(Pin::new(io).poll_write_vectored(cx, &slices[..k]))?
+        };
         self.advance(written);
         Poll::Ready(Ok(written))
     }

@@ -323,6 +323,70 @@ fn read_end(e: h2::Error, recv: &mut Recv) -> io::Result<()> {
     }
 }
 
+/// Owned pieces at least this long go to h2 as they are; shorter ones (a
+/// session's frame headers and control frames) are copied together.
+const OWNED_MIN: usize = 4 * 1024;
+
+impl H2Stream {
+    /// A write from bytes the caller already holds as [`Bytes`] (a session's
+    /// staged frames): the long pieces become DATA frames without a copy,
+    /// where [`AsyncWrite::poll_write_vectored`] copies every slice into one
+    /// frame. Takes at most [`MAX_WRITE`] bytes, from the front, and says how
+    /// many.
+    pub fn poll_write_owned<'a, I>(
+        &mut self,
+        cx: &mut Context<'_>,
+        pieces: I,
+    ) -> Poll<io::Result<usize>>
+    where
+        I: IntoIterator<Item = &'a Bytes>,
+        I::IntoIter: Clone,
+    {
+        let pieces = pieces.into_iter();
+        let total: usize = pieces.clone().map(Bytes::len).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let want = total.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        let granted = loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => break granted.min(want),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(self.closed_error(cx))),
+            }
+        };
+        let mut left = granted;
+        let mut small = bytes::BytesMut::new();
+        for piece in pieces {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(piece.len());
+            left -= take;
+            if take < OWNED_MIN {
+                small.extend_from_slice(&piece[..take]);
+                continue;
+            }
+            if !small.is_empty() {
+                self.send
+                    .send_data(small.split().freeze(), false)
+                    .map_err(h2_to_io)?;
+            }
+            self.send
+                .send_data(piece.slice(..take), false)
+                .map_err(h2_to_io)?;
+        }
+        if !small.is_empty() {
+            self.send
+                .send_data(small.freeze(), false)
+                .map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(granted))
+    }
+}
+
 impl AsyncWrite for H2Stream {
     fn poll_write(
         self: Pin<&mut Self>,

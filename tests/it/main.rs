@@ -22,6 +22,7 @@ mod integrity;
 mod lifecycle;
 mod limits;
 mod operations;
+mod owned;
 mod pem;
 mod reload;
 mod resume;

@@ -32,8 +32,8 @@ struct Tap {
 }
 
 #[derive(Default)]
-struct Wire {
-    log: Mutex<Vec<u8>>,
+pub(crate) struct Wire {
+    pub(crate) log: Mutex<Vec<u8>>,
     /// While set, writes wait: the socket is full.
     full: AtomicBool,
     waker: Mutex<Option<Waker>>,
@@ -49,7 +49,7 @@ impl Wire {
         }
     }
 
-    fn logged(&self) -> usize {
+    pub(crate) fn logged(&self) -> usize {
         self.log.lock().unwrap().len()
     }
 }
@@ -91,18 +91,18 @@ impl AsyncWrite for Tap {
 
 /// One HTTP/2 frame header as read back from the log.
 #[derive(Debug)]
-struct Frame {
+pub(crate) struct Frame {
     /// Offset of the frame header in the log.
-    at: usize,
-    kind: u8,
-    stream: u32,
-    len: usize,
+    pub(crate) at: usize,
+    pub(crate) kind: u8,
+    pub(crate) stream: u32,
+    pub(crate) len: usize,
 }
 
-const DATA: u8 = 0;
+pub(crate) const DATA: u8 = 0;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frames(log: &[u8]) -> Vec<Frame> {
+pub(crate) fn frames(log: &[u8]) -> Vec<Frame> {
     let mut at = if log.starts_with(PREFACE) {
         PREFACE.len()
     } else {
@@ -126,20 +126,20 @@ fn frames(log: &[u8]) -> Vec<Frame> {
 
 /// The two tunnels of one connection on the sending side, and the wire
 /// their connection writes to.
-struct Pair {
+pub(crate) struct Pair {
     /// Taken by the bulk writer.
-    bulk: Option<H2Stream>,
+    pub(crate) bulk: Option<H2Stream>,
     small: H2Stream,
-    bulk_id: u32,
+    pub(crate) bulk_id: u32,
     small_id: u32,
-    wire: Arc<Wire>,
+    pub(crate) wire: Arc<Wire>,
     /// Keeps the receiving side's streams (and so their windows) alive.
     _keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// Connects an h2 client and server over an in-memory socket (the sender's
 /// end tapped), opens two tunnels and returns the sender's ends.
-async fn pair(server_sends: bool) -> Pair {
+pub(crate) async fn pair(server_sends: bool) -> Pair {
     let (c_io, s_io) = tokio::io::duplex(16 * 1024 * 1024);
     let wire = Arc::new(Wire::default());
     let tap = |inner| Tap {
@@ -210,7 +210,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Returns once every task is blocked (the paused clock only advances then).
-async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
