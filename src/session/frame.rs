@@ -118,32 +118,9 @@ impl Decoder for FrameCodec {
     /// Checks the header as soon as its 4 bytes are in, so garbage fails
     /// before any payload is buffered, and never buffers more than one frame.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() < HEADER {
+        let Some((kind, len)) = header(src)? else {
             return Ok(None);
-        }
-        let kind = src[0];
-        let len = usize::from(src[1]) << 16 | usize::from(src[2]) << 8 | usize::from(src[3]);
-        let fixed = |name, expected| {
-            if len == expected {
-                Ok(())
-            } else {
-                Err(FrameError::BadLength {
-                    kind: name,
-                    len,
-                    expected,
-                })
-            }
         };
-        match kind {
-            DATA if len <= 8 || len > 8 + MAX_DATA => {
-                return Err(FrameError::DataSize(len.saturating_sub(8)))
-            }
-            DATA => {}
-            ACK => fixed("ACK", 8)?,
-            FIN => fixed("FIN", 8)?,
-            CLOSE => fixed("CLOSE", 4)?,
-            other => return Err(FrameError::UnknownType(other)),
-        }
         if src.len() < HEADER + len {
             src.reserve(HEADER + len - src.len());
             return Ok(None);
@@ -153,13 +130,7 @@ impl Decoder for FrameCodec {
         Ok(Some(match kind {
             DATA => {
                 let offset = body.get_u64();
-                if offset.checked_add(body.len() as u64).is_none() {
-                    return Err(FrameError::Overflow(offset));
-                }
-                Frame::Data {
-                    offset,
-                    payload: body.freeze(),
-                }
+                data(offset, body.freeze())?
             }
             ACK => Frame::Ack {
                 consumed: body.get_u64(),
@@ -172,6 +143,73 @@ impl Decoder for FrameCodec {
             },
         }))
     }
+}
+
+impl FrameCodec {
+    /// A DATA frame of which `src` holds exactly the header and offset,
+    /// completed from the front of `more` without copying the payload (an
+    /// HTTP/2 peer that writes a frame's payload as a DATA frame of its own
+    /// delivers it as one chunk). `None`, with nothing taken, when `src` is
+    /// not such a header or `more` is too short: the caller appends `more`
+    /// to `src` and decodes as usual.
+    pub fn decode_data_from(
+        &mut self,
+        src: &mut BytesMut,
+        more: &mut Bytes,
+    ) -> Result<Option<Frame>, FrameError> {
+        if src.len() != HEADER + 8 {
+            return Ok(None);
+        }
+        let Some((DATA, len)) = header(src)? else {
+            return Ok(None);
+        };
+        let size = len - 8;
+        if more.len() < size {
+            return Ok(None);
+        }
+        let offset = (&src[HEADER..]).get_u64();
+        src.clear();
+        data(offset, more.split_to(size)).map(Some)
+    }
+}
+
+fn data(offset: u64, payload: Bytes) -> Result<Frame, FrameError> {
+    if offset.checked_add(payload.len() as u64).is_none() {
+        return Err(FrameError::Overflow(offset));
+    }
+    Ok(Frame::Data { offset, payload })
+}
+
+/// The type and length of the frame `src` starts with, checked as soon as
+/// its 4 bytes are in, so garbage fails before any payload is buffered.
+fn header(src: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
+    if src.len() < HEADER {
+        return Ok(None);
+    }
+    let kind = src[0];
+    let len = usize::from(src[1]) << 16 | usize::from(src[2]) << 8 | usize::from(src[3]);
+    let fixed = |name, expected| {
+        if len == expected {
+            Ok(())
+        } else {
+            Err(FrameError::BadLength {
+                kind: name,
+                len,
+                expected,
+            })
+        }
+    };
+    match kind {
+        DATA if len <= 8 || len > 8 + MAX_DATA => {
+            return Err(FrameError::DataSize(len.saturating_sub(8)))
+        }
+        DATA => {}
+        ACK => fixed("ACK", 8)?,
+        FIN => fixed("FIN", 8)?,
+        CLOSE => fixed("CLOSE", 4)?,
+        other => return Err(FrameError::UnknownType(other)),
+    }
+    Ok(Some((kind, len)))
 }
 
 impl Encoder<Frame> for FrameCodec {

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// send buffer (400 KiB) went out before a neighbour's one byte; at 64 KiB
 /// two frames do and the rest waits. It still coalesces four 16 KiB TLS
 /// records per frame.
-const MAX_WRITE: usize = 64 * 1024;
+pub const MAX_WRITE: usize = 64 * 1024;
 
 /// The receiving half: either still waiting for the response headers (client
 /// side, which writes before the `200` arrives) or reading the body.
@@ -252,18 +252,13 @@ fn hint(status: StatusCode) -> &'static str {
     }
 }
 
-impl AsyncRead for H2Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl H2Stream {
+    /// The next piece of the body as h2 received it, without a copy (empty
+    /// at the end); its flow-control capacity is released at once.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
         loop {
             if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(std::mem::take(&mut self.pending)));
             }
             let this = &mut *self;
             match &mut this.recv {
@@ -287,7 +282,7 @@ impl AsyncRead for H2Stream {
                             Ok(()) => Err(io::ErrorKind::UnexpectedEof.into()),
                             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                         });
-                        return Poll::Ready(end);
+                        return Poll::Ready(end.map(|()| Bytes::new()));
                     }
                 },
                 Recv::Body(body) => match ready!(body.poll_data(cx)) {
@@ -297,18 +292,36 @@ impl AsyncRead for H2Stream {
                         let _ = body.flow_control().release_capacity(chunk.len());
                         this.pending = chunk;
                     }
-                    Some(Err(e)) => return Poll::Ready(read_end(e, &mut this.recv)),
+                    Some(Err(e)) => {
+                        return Poll::Ready(read_end(e, &mut this.recv).map(|()| Bytes::new()))
+                    }
                     None => {
                         this.recv = Recv::Eof;
                         if this.end_pending {
                             let _ = this.send_end();
                         }
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Bytes::new()));
                     }
                 },
-                Recv::Eof => return Poll::Ready(Ok(())),
+                Recv::Eof => return Poll::Ready(Ok(Bytes::new())),
             }
         }
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            self.pending = ready!(self.poll_chunk(cx))?;
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -331,8 +344,8 @@ impl H2Stream {
     /// A write from bytes the caller already holds as [`Bytes`] (a session's
     /// staged frames): the long pieces become DATA frames without a copy,
     /// where [`AsyncWrite::poll_write_vectored`] copies every slice into one
-    /// frame. Takes at most [`MAX_WRITE`] bytes, from the front, and says how
-    /// many.
+    /// frame. Takes at most [`MAX_WRITE`] bytes, from the front, ending at
+    /// a piece's end where it can, and says how many.
     pub fn poll_write_owned<'a, I>(
         &mut self,
         cx: &mut Context<'_>,
@@ -343,11 +356,21 @@ impl H2Stream {
         I::IntoIter: Clone,
     {
         let pieces = pieces.into_iter();
-        let total: usize = pieces.clone().map(Bytes::len).sum();
-        if total == 0 {
+        // Whole pieces while they fit (so the frames on the wire begin where
+        // the caller's do), or the part of a first piece that does.
+        let mut want = 0;
+        for piece in pieces.clone() {
+            if want + piece.len() > MAX_WRITE {
+                if want == 0 {
+                    want = MAX_WRITE;
+                }
+                break;
+            }
+            want += piece.len();
+        }
+        if want == 0 {
             return Poll::Ready(Ok(0));
         }
-        let want = total.min(MAX_WRITE);
         self.send.reserve_capacity(want);
         let granted = loop {
             match ready!(self.send.poll_capacity(cx)) {

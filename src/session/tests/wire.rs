@@ -37,6 +37,49 @@ fn frames_round_trip() {
 }
 
 #[test]
+fn a_data_payload_arriving_as_a_chunk_of_its_own_is_taken_without_a_copy() {
+    let payload = bytes::Bytes::from(vec![7u8; 1000]);
+    let mut wire = BytesMut::new();
+    frame::put_data_header(&mut wire, 5, payload.len());
+    let header = wire.clone();
+    // The payload and, behind it, the start of the next frame.
+    let mut chunk = bytes::Bytes::from([&payload[..], b"\x02"].concat());
+    let mut src = header.clone();
+    match FrameCodec.decode_data_from(&mut src, &mut chunk).unwrap() {
+        Some(Frame::Data {
+            offset: 5,
+            payload: got,
+        }) => {
+            assert_eq!(got, payload);
+            assert!(src.is_empty(), "the header is consumed");
+            assert_eq!(&chunk[..], b"\x02", "what follows the payload stays");
+        }
+        other => panic!("expected the DATA frame, got {other:?}"),
+    }
+    // Too short a chunk: nothing is taken.
+    let mut short = payload.slice(..999);
+    let mut src = header.clone();
+    assert_eq!(
+        FrameCodec.decode_data_from(&mut src, &mut short).unwrap(),
+        None
+    );
+    assert_eq!((src.len(), short.len()), (header.len(), 999));
+    // More than a header in the buffer (a partial payload): not this path.
+    let mut src = header.clone();
+    src.put_u8(7);
+    let mut more = payload.clone();
+    assert_eq!(
+        FrameCodec.decode_data_from(&mut src, &mut more).unwrap(),
+        None
+    );
+    assert_eq!(more.len(), payload.len());
+    // A header that could never be valid (type DATA, 16 MiB) is an error here too.
+    let mut bad = BytesMut::from(&[0x01, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0][..]);
+    let mut more = payload.clone();
+    assert!(FrameCodec.decode_data_from(&mut bad, &mut more).is_err());
+}
+
+#[test]
 fn malformed_frames_are_errors_that_say_what_is_wrong() {
     let cases: [(&[u8], &str); 7] = [
         (&[0x07, 0, 0, 0], "unknown type 0x07"),
