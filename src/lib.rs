@@ -23,7 +23,8 @@
 //!   `duration` (the one duration parser), `parse` (flags from an argv, for
 //!   the demo, bench and tests).
 //! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
-//!   byte stream: flow control, half-close, resets), `settings` (the one
+//!   byte stream: flow control, half-close, resets; owned writes and chunk
+//!   reads, so a session's payloads pass uncopied), `settings` (the one
 //!   place for windows, frame and header sizes), `splice` (the
 //!   bidirectional copy and its counts), `accept` (the one accept loop),
 //!   `workers` (single-threaded runtimes; a connection and all it carries
