@@ -382,6 +382,7 @@ impl State {
                     link.read_idle = false;
                     taken += n;
                     if let Some(frame) = frame {
+                        self.stats.uncopied += 1;
                         self.apply(frame, config)?;
                     }
                 }

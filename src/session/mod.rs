@@ -128,6 +128,8 @@ pub struct Stats {
     pub resumes: u64,
     /// Bytes sent again after resumes.
     pub resent: u64,
+    /// DATA payloads taken from the carrier as they arrived, without a copy.
+    pub uncopied: u64,
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
-//! Owned writes: a session's staged DATA payloads reach the HTTP/2 stream
-//! as the session's own buffers, not copies. Observed on the wire (the
-//! logged socket of `scheduling`): each payload is a DATA frame of its own,
-//! exactly its length, where a copying write puts the frame header and the
-//! payload into one frame.
+//! A session's payloads pass the HTTP/2 stream uncopied. Sending: staged
+//! DATA payloads reach h2 as the session's own buffers, observed on the wire
+//! (the logged socket of `scheduling`): each payload is a DATA frame of its
+//! own, exactly its length, where a copying write puts the frame header and
+//! the payload into one frame. Receiving: a payload that arrives as a chunk
+//! of its own is taken as it is, counted in the session's stats.
 
 use std::future::poll_fn;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::scheduling::{frames, pair, settle, DATA};
 
@@ -63,5 +64,30 @@ async fn a_session_over_an_http2_stream_writes_its_payloads_as_they_are() {
     assert!(
         lens.contains(&(40 * 1024)),
         "the 40 KiB payload must be a DATA frame of its own (frames: {lens:?})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_reading_an_http2_stream_takes_whole_payloads_without_a_copy() {
+    let mut p = pair(false).await;
+    settle().await;
+    let sender = p.bulk.take().unwrap();
+    let receiver = p.receivers.remove(0);
+    let mut tx = postern::session::Session::new(Default::default(), sender, None);
+    let mut rx = postern::session::Session::new(Default::default(), receiver, None);
+    let sent: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let writer = tokio::spawn(async move {
+        tx.write_all(&sent).await.unwrap();
+        tx.shutdown().await.unwrap();
+        (tx, sent)
+    });
+    let mut got = Vec::new();
+    rx.read_to_end(&mut got).await.unwrap();
+    let (_tx, sent) = writer.await.unwrap();
+    assert!(got == sent, "the bytes arrive intact and in order");
+    let uncopied = rx.handle().stats().uncopied;
+    assert!(
+        uncopied >= 4,
+        "300 KiB in frames of under 64 KiB: at least 4 payloads taken as they came, got {uncopied}"
     );
 }

@@ -133,8 +133,9 @@ pub(crate) struct Pair {
     pub(crate) bulk_id: u32,
     small_id: u32,
     pub(crate) wire: Arc<Wire>,
-    /// Keeps the receiving side's streams (and so their windows) alive.
-    _keep: Vec<Box<dyn std::any::Any + Send>>,
+    /// The receiving side's streams, bulk first (kept, and so their
+    /// windows, alive).
+    pub(crate) receivers: Vec<H2Stream>,
 }
 
 /// Connects an h2 client and server over an in-memory socket (the sender's
@@ -190,10 +191,7 @@ pub(crate) async fn pair(server_sends: bool) -> Pair {
     } else {
         (clients, servers)
     };
-    let keep = receivers
-        .into_iter()
-        .map(|(_, s)| Box::new(s) as Box<dyn std::any::Any + Send>)
-        .collect();
+    let receivers = receivers.into_iter().map(|(_, s)| s).collect();
     let (small_id, small) = senders.pop().unwrap();
     let (bulk_id, bulk) = senders.pop().unwrap();
     Pair {
@@ -202,7 +200,7 @@ pub(crate) async fn pair(server_sends: bool) -> Pair {
         bulk_id,
         small_id,
         wire,
-        _keep: keep,
+        receivers,
     }
 }
 
