@@ -79,6 +79,78 @@ fn a_data_payload_arriving_as_a_chunk_of_its_own_is_taken_without_a_copy() {
     assert!(FrameCodec.decode_data_from(&mut bad, &mut more).is_err());
 }
 
+/// Decodes `wire` as the session's reader does, arriving in pieces that end
+/// at `cuts`: whole frames from the buffer, then a payload from the next
+/// piece when the buffer holds just its header, the rest appended.
+fn decode_arriving_in_pieces(wire: &[u8], cuts: &[usize]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain([&wire.len()]) {
+        while let Some(f) = FrameCodec.decode(&mut buf).expect("decode") {
+            frames.push(f);
+        }
+        let mut piece = bytes::Bytes::copy_from_slice(&wire[from..to]);
+        from = to;
+        if let Some(f) = FrameCodec
+            .decode_data_from(&mut buf, &mut piece)
+            .expect("decode")
+        {
+            frames.push(f);
+        }
+        buf.extend_from_slice(&piece);
+    }
+    while let Some(f) = FrameCodec.decode(&mut buf).expect("decode") {
+        frames.push(f);
+    }
+    assert!(buf.is_empty(), "nothing is left over");
+    frames
+}
+
+#[test]
+fn frames_decode_the_same_however_the_bytes_are_cut() {
+    let frames = vec![
+        Frame::Ack { consumed: 3 },
+        Frame::Data {
+            offset: 0,
+            payload: vec![1u8; 300].into(),
+        },
+        Frame::Data {
+            offset: 300,
+            payload: vec![2u8; 5].into(),
+        },
+        Frame::Fin { offset: 305 },
+        Frame::Close { code: 0 },
+    ];
+    let mut wire = BytesMut::new();
+    let mut ends = Vec::new();
+    for f in &frames {
+        FrameCodec.encode(f.clone(), &mut wire).expect("encode");
+        ends.push(wire.len());
+    }
+    // Cut once anywhere, and twice at every pair of frame boundaries and
+    // header ends (where the uncopied path applies).
+    for cut in 0..=wire.len() {
+        assert_eq!(
+            decode_arriving_in_pieces(&wire, &[cut]),
+            frames,
+            "cut at {cut}"
+        );
+    }
+    let data_header_ends = [ends[0] + 12, ends[1] + 12];
+    let mut marks: Vec<usize> = ends.iter().copied().chain(data_header_ends).collect();
+    marks.sort_unstable();
+    for (i, &a) in marks.iter().enumerate() {
+        for &b in &marks[i..] {
+            assert_eq!(
+                decode_arriving_in_pieces(&wire, &[a, b]),
+                frames,
+                "cuts at {a}, {b}"
+            );
+        }
+    }
+}
+
 #[test]
 fn malformed_frames_are_errors_that_say_what_is_wrong() {
     let cases: [(&[u8], &str); 7] = [
