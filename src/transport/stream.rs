@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// a tunnel sends. h2 takes turns between the streams of a connection one
 /// frame at a time, so this is what a small write on another tunnel finds
 /// ahead of it once the socket has room: the frame in flight and one more
-/// (`tests/scheduling.rs` counts them). At 256 KiB a bulk tunnel's whole
+/// (`tests/it/scheduling.rs` counts them). At 256 KiB a bulk tunnel's whole
 /// send buffer (400 KiB) went out before a neighbour's one byte; at 64 KiB
 /// two frames do and the rest waits. It still coalesces four 16 KiB TLS
 /// records per frame.
