@@ -42,14 +42,20 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     )
     .await?;
     traffic::quick_exchange(off.addr).await?;
+    let off_cpu = || -> anyhow::Result<f64> { Ok(off.cpu_seconds()? + env.server.cpu_seconds()?) };
+    let per_gb = |seconds: f64| seconds / (n as f64 / 1e9);
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
+        let cpu0 = env.cpu()?;
         let on = transfer(env.client.addr, n, up)
             .await
             .with_context(|| format!("{dir} with resume"))?;
+        let on_cpu = env.cpu()? - cpu0;
+        let cpu0 = off_cpu()?;
         let plain = transfer(off.addr, n, up)
             .await
             .with_context(|| format!("{dir} without resume"))?;
+        let plain_cpu = off_cpu()? - cpu0;
         let mut row = throughput_row(
             "resume",
             &format!("{dir} {} MiB, resume on (baseline: off)", n >> 20),
@@ -57,8 +63,10 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             mbps(n, plain),
         );
         row.note = format!(
-            "{:+.1}% vs off",
-            100.0 * (plain.as_secs_f64() / on.as_secs_f64() - 1.0)
+            "{:+.1}% vs off; {:.2} vs {:.2} CPU-s/GB",
+            100.0 * (plain.as_secs_f64() / on.as_secs_f64() - 1.0),
+            per_gb(on_cpu),
+            per_gb(plain_cpu),
         );
         report.add(row);
     }
