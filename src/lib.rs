@@ -31,9 +31,10 @@
 //!   stay on one), `socket` (options of the outer TCP sockets).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
-//!   replay buffer), `core` (one session over many carriers; `core/handle`
-//!   its control handle), `out` (frames staged for the carrier), `wake`
-//!   (who is woken), `handshake` (ids, keys, resume proofs), `limits`
+//!   replay buffer), `carrier` (what a session runs over), `core` (one
+//!   session over many carriers; `core/handle` its control handle), `out`
+//!   (frames staged for the carrier), `wake` (who is woken), `handshake`
+//!   (ids, keys, resume proofs), `limits`
 //!   (refusals, limits on detached sessions), `registry` (the server's
 //!   sessions by id).
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner

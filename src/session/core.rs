@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio_util::codec::Decoder as _;
 
+use super::carrier::Carrier;
 use super::frame::{
     self, Frame, FrameCodec, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL, MAX_DATA, MAX_FRAME,
 };
@@ -34,22 +35,9 @@ use super::out::Out;
 use super::replay::Replay;
 use super::wake::{Side, Wakers};
 use super::{Config, Phase, Stats};
-use crate::transport::stream::{self, H2Stream};
+use crate::transport::stream;
 
 mod handle;
-
-/// What a session can run over: an `H2Stream` in production, anything
-/// byte-stream-shaped in tests.
-pub trait Carrier: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The HTTP/2 stream this carrier is, if it is one: staged DATA
-    /// payloads are then handed to h2 as they are, without a copy.
-    fn as_h2(&mut self) -> Option<&mut H2Stream>;
-}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Carrier for T {
-    fn as_h2(&mut self) -> Option<&mut H2Stream> {
-        (self as &mut dyn std::any::Any).downcast_mut()
-    }
-}
 
 /// Frames staged for the carrier at most (then writes wait for it).
 const OUT_HIGH: usize = 4 * MAX_FRAME;

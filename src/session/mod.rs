@@ -25,6 +25,7 @@
 //!
 //! The wire format is specified in docs/protocol.md, "Resume".
 
+mod carrier;
 mod core;
 pub mod frame;
 pub mod handshake;
@@ -36,7 +37,8 @@ mod wake;
 
 use std::time::Duration;
 
-pub use self::core::{Accepted, Carrier, Session, SessionHandle};
+pub use self::carrier::Carrier;
+pub use self::core::{Accepted, Session, SessionHandle};
 pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
 pub use self::registry::{Limits, Refusal, Registry, Usage};
 

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use super::core::Carrier;
+use super::carrier::Carrier;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Frames staged for the carrier, in order: control frames and DATA headers

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::core::{Carrier, Session, SessionHandle};
+use super::carrier::Carrier;
+use super::core::{Session, SessionHandle};
 use super::handshake::{ResumeRequest, ResumeResponse, SessionId};
 use super::limits::Budget;
 pub use super::limits::{Limits, Refusal};

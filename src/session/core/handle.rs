@@ -6,7 +6,8 @@ use std::task::Poll;
 
 use tokio::sync::watch;
 
-use super::{Accepted, Carrier, End, Phase, SessionHandle, Side, Stats, Wakers};
+use super::{Accepted, End, Phase, SessionHandle, Side, Stats, Wakers};
+use crate::session::carrier::Carrier;
 use crate::session::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
 use crate::session::limits::Refusal;
 
