@@ -371,15 +371,7 @@ impl H2Stream {
         if want == 0 {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(want);
-        let granted = loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => break granted.min(want),
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => return Poll::Ready(Err(self.closed_error(cx))),
-            }
-        };
+        let granted = ready!(self.poll_granted(cx, want))?;
         let mut left = granted;
         let mut small = bytes::BytesMut::new();
         for piece in pieces {
@@ -408,6 +400,20 @@ impl H2Stream {
         }
         Poll::Ready(Ok(granted))
     }
+
+    /// Send capacity for up to `want` (at least 1) bytes: what h2 grants,
+    /// at most `want`, once the peer's window has room.
+    fn poll_granted(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => return Poll::Ready(Ok(granted.min(want))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(self.closed_error(cx))),
+            }
+        }
+    }
 }
 
 impl AsyncWrite for H2Stream {
@@ -433,28 +439,17 @@ impl AsyncWrite for H2Stream {
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        let want = total.min(MAX_WRITE);
-        self.send.reserve_capacity(want);
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => {
-                    let n = granted.min(want);
-                    let mut out = bytes::BytesMut::with_capacity(n);
-                    for b in bufs {
-                        let take = (n - out.len()).min(b.len());
-                        out.extend_from_slice(&b[..take]);
-                        if out.len() == n {
-                            break;
-                        }
-                    }
-                    self.send.send_data(out.freeze(), false).map_err(h2_to_io)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => return Poll::Ready(Err(self.closed_error(cx))),
+        let n = ready!(self.poll_granted(cx, total.min(MAX_WRITE)))?;
+        let mut out = bytes::BytesMut::with_capacity(n);
+        for b in bufs {
+            let take = (n - out.len()).min(b.len());
+            out.extend_from_slice(&b[..take]);
+            if out.len() == n {
+                break;
             }
         }
+        self.send.send_data(out.freeze(), false).map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
