@@ -40,7 +40,9 @@
 //!   (refusals, limits on detached sessions), `registry` (the server's
 //!   sessions by id).
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner
-//!   rustls configs), `verify` (identity-checking verifiers), `slot`
+//!   rustls configs), `early` (the server's outer TLS stream, which serves
+//!   0-RTT data before the handshake ends), `verify` (identity-checking
+//!   verifiers), `slot`
 //!   (swappable certificates), `failure` (classified handshake failures),
 //!   `pem` (loading and checking PEM files).
 //! - [`authz`]: `identity` (the peer's verified identity), `pattern`

@@ -78,10 +78,14 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     ));
     println!("  server   postern server (h2c)     {server_addr} -> {backend}, client certificate required");
 
-    let front_tls = tls::outer_server_config(CertSlot::new(pem::load_identity(
-        &dir.join("front.pem"),
-        &dir.join("front-key.pem"),
-    )?))
+    // The stand-in for Cloud Run's front end takes no 0-RTT data.
+    let front_tls = tls::outer_server_config(
+        CertSlot::new(pem::load_identity(
+            &dir.join("front.pem"),
+            &dir.join("front-key.pem"),
+        )?),
+        false,
+    )
     .context("hop front end: TLS configuration")?;
     let front_listener = bind().await.context("hop front end")?;
     let front_addr = front_listener.local_addr()?;

@@ -137,9 +137,10 @@ impl Sources {
             }
         };
         let outer = match &self.outer {
-            Some((cert, key)) => Some(tls::outer_server_config(CertSlot::new(
-                pem::load_identity(cert, key)?,
-            ))?),
+            Some((cert, key)) => Some(tls::outer_server_config(
+                CertSlot::new(pem::load_identity(cert, key)?),
+                true,
+            )?),
             None => None,
         };
         Ok(Material { routes, outer })

@@ -100,15 +100,36 @@ pub fn inner_client_config_pinned(
 }
 
 /// The outer TLS server (self-hosted `postern server`, or the demo front end): ALPN h2.
-pub fn outer_server_config(cert: Arc<CertSlot>) -> anyhow::Result<Arc<ServerConfig>> {
+///
+/// With `early_data`, a client resuming a session may send up to
+/// [`EARLY_DATA_LIMIT`] bytes with its ClientHello (TLS 1.3 0-RTT), and the
+/// server answers before the client's Finished (0.5-RTT data): a new
+/// connection's first tunnel saves a round trip. Such a config must be served
+/// through [`super::early::accept`]; tokio-rustls's acceptor would drop the
+/// early data. Resumption stays stateful (rustls's in-memory cache, each
+/// ticket good for one connection), which is also what rustls requires
+/// before it accepts early data.
+pub fn outer_server_config(
+    cert: Arc<CertSlot>,
+    early_data: bool,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    if early_data {
+        config.max_early_data_size = EARLY_DATA_LIMIT;
+        config.send_half_rtt_data = true;
+    }
     Ok(Arc::new(config))
 }
+
+/// Early data a server takes per connection: a connection's preface, SETTINGS
+/// and first tunnels' POSTs with their inner ClientHellos take about 500
+/// bytes each.
+pub const EARLY_DATA_LIMIT: u32 = 16 * 1024;
 
 /// The outer TLS client: the system's roots plus `extra_ca`, ALPN h2.
 pub fn outer_client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
@@ -135,6 +156,9 @@ pub fn outer_client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<Client
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // A resumed session may carry the first request in its ClientHello if the
+    // front end allows it (`postern server` does, Go's TLS never does).
+    config.enable_early_data = true;
     Ok(Arc::new(config))
 }
 

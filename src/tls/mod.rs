@@ -11,6 +11,7 @@
 //! be swapped while tunnels are open, so reloads never touch live sessions.
 
 mod config;
+pub mod early;
 mod failure;
 pub mod pem;
 mod provider;
@@ -19,7 +20,7 @@ mod verify;
 
 pub use config::{
     inner_client_config, inner_client_config_pinned, inner_server_config, outer_client_config,
-    outer_server_config, peer_identity, ALPN_H2,
+    outer_server_config, peer_identity, ALPN_H2, EARLY_DATA_LIMIT,
 };
 pub use failure::HandshakeFailure;
 pub use provider::provider;

@@ -2,6 +2,8 @@
 
 #![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
 
+use std::sync::Arc;
+
 use rustls::CommonState;
 use rustls_pki_types::ServerName;
 
@@ -9,34 +11,60 @@ use super::*;
 use crate::authz::Allow;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+/// Certificates from one fresh CA, as configs take them.
+pub(super) struct Fixture {
+    dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub server: Arc<CertSlot>,
+    pub client: Arc<CertSlot>,
+}
+
+impl Fixture {
+    pub fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("postern-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = crate::pki::bundle(&[], &[], Default::default()).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = write("ca.pem", &set.ca.cert_pem());
+        let slot = |issued: &crate::pki::Issued, name: &str| {
+            let cert = write(&format!("{name}.pem"), &issued.cert_pem);
+            let key = write(&format!("{name}-key.pem"), &issued.key_pem);
+            CertSlot::new(pem::load_identity(&cert, &key).unwrap())
+        };
+        let (server, client) = (slot(&set.server, "server"), slot(&set.client, "client"));
+        Fixture {
+            dir,
+            ca,
+            server,
+            client,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The suite a real inner handshake between our own configs settles on
 /// (the outer layer uses the same provider).
 #[tokio::test]
 async fn handshake_settles_on_aes_128_gcm() {
-    let dir = std::env::temp_dir().join(format!("postern-tls-suite-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let set = crate::pki::bundle(&[], &[], Default::default()).unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let ca = write("ca.pem", &set.ca.cert_pem());
-    let slot = |issued: &crate::pki::Issued, name: &str| {
-        let cert = write(&format!("{name}.pem"), &issued.cert_pem);
-        let key = write(&format!("{name}-key.pem"), &issued.key_pem);
-        CertSlot::new(pem::load_identity(&cert, &key).unwrap())
-    };
-    let roots = pem::load_roots(&ca).unwrap();
+    let certs = Fixture::new("suite");
+    let roots = pem::load_roots(&certs.ca).unwrap();
     let server = inner_server_config(
-        slot(&set.server, "server"),
+        certs.server.clone(),
         roots.clone(),
         Vec::new(),
         Allow::default(),
     )
     .unwrap();
-    let client = inner_client_config(slot(&set.client, "client"), roots).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let client = inner_client_config(certs.client.clone(), roots).unwrap();
 
     let (a, b) = tokio::io::duplex(64 * 1024);
     let name = ServerName::try_from("localhost").unwrap();

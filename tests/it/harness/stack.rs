@@ -129,7 +129,7 @@ pub async fn start_server(
 pub fn front_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
     let key = pem::load_identity(&pki.dir.path("front.pem"), &pki.dir.path("front-key.pem"))
         .expect("front key");
-    tls::outer_server_config(CertSlot::new(key)).expect("front tls")
+    tls::outer_server_config(CertSlot::new(key), false).expect("front tls")
 }
 
 /// Starts the TLS-terminating demo front end in front of `upstream`; with

@@ -1,0 +1,325 @@
+//! The outer TLS server stream, which hands the client's 0-RTT data to
+//! HTTP/2 the moment it arrives.
+//!
+//! A client that resumes a session may send its first bytes (the HTTP/2
+//! preface, the tunnel's POST and the inner ClientHello) with its
+//! ClientHello. That saves a round trip only if the server acts on them
+//! before the client's Finished, one round trip later. tokio-rustls's
+//! acceptor serves early data neither before nor after the handshake, so
+//! this is a small `AsyncRead`/`AsyncWrite` over [`rustls::ServerConnection`]
+//! of our own: [`accept`] returns as soon as the server's flight is out when
+//! early data was accepted, reads yield the early data first and then the
+//! ordinary data, and writes before the client's Finished go out as 0.5-RTT
+//! data ([`rustls::ServerConfig::send_half_rtt_data`]).
+//!
+//! Why that is safe here: rustls accepts early data only with stateful
+//! resumption, where every ticket is used once (a replayed ClientHello
+//! finds its ticket gone and falls back to a full handshake); and what
+//! early data can carry is a POST that starts an inner mTLS handshake, which
+//! reaches no backend until the client proves its key in a later flight.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A server-side TLS stream over `IO`.
+pub struct ServerTls<IO> {
+    io: IO,
+    conn: ServerConnection,
+    /// The peer's side of the socket has ended.
+    eof: bool,
+    /// close_notify has been queued.
+    closing: bool,
+    /// Early data taken out of rustls during the handshake, not yet read.
+    early: Vec<u8>,
+    /// Of which this much has been read.
+    early_read: usize,
+    /// Early data arrived on this connection.
+    had_early: bool,
+}
+
+/// Runs the server handshake on `io` until it completes or, when the client's
+/// early data was accepted, until the server's flight is written and the
+/// first early bytes are in.
+pub async fn accept<IO>(config: Arc<ServerConfig>, io: IO) -> io::Result<ServerTls<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let mut tls = ServerTls {
+        io,
+        conn,
+        eof: false,
+        closing: false,
+        early: Vec::new(),
+        early_read: 0,
+        had_early: false,
+    };
+    std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
+    Ok(tls)
+}
+
+impl<IO> ServerTls<IO> {
+    /// The TLS connection (ALPN, handshake kind, early data state).
+    pub fn connection(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// How the handshake went: `"early_data"` (a resumption whose first
+    /// requests came with the ClientHello), `"resumed"` or `"full"`. Known
+    /// when [`accept`] returns.
+    pub fn kind(&self) -> &'static str {
+        if self.had_early {
+            "early_data"
+        } else if self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            "resumed"
+        } else {
+            "full"
+        }
+    }
+
+    /// The socket (tests hold back what it sends).
+    #[cfg(test)]
+    fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // Our flight first: the client is waiting for it.
+            ready!(self.poll_send(cx))?;
+            // Early data first: it may have come in the same read as the
+            // client's Finished.
+            if let Some(mut early) = self.conn.early_data() {
+                // Reads until rustls has no more (not an end of stream).
+                early.read_to_end(&mut self.early)?;
+                if !self.early.is_empty() {
+                    self.had_early = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection during the TLS handshake",
+                )));
+            }
+            ready!(self.poll_receive(cx))?;
+        }
+    }
+
+    /// Writes every TLS record rustls has queued.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.conn.wants_write() {
+            let mut sink = Sync {
+                io: &mut self.io,
+                cx,
+            };
+            match self.conn.write_tls(&mut sink) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads TLS records from the socket and processes them.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut source = Sync {
+            io: &mut self.io,
+            cx,
+        };
+        match self.conn.read_tls(&mut source) {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            // rustls queued an alert saying why; the peer should hear it.
+            let _ = self.poll_send(cx);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves plaintext out of rustls: early data first (it precedes all
+    /// other data on the connection), then ordinary data. `None`: none yet.
+    fn take_plaintext(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if self.early_read < self.early.len() {
+            let n = buf.len().min(self.early.len() - self.early_read);
+            buf[..n].copy_from_slice(&self.early[self.early_read..self.early_read + n]);
+            self.early_read += n;
+            if self.early_read == self.early.len() {
+                self.early = Vec::new();
+                self.early_read = 0;
+            }
+            return Some(Ok(n));
+        }
+        if let Some(mut early) = self.conn.early_data() {
+            match early.read(buf) {
+                Ok(0) => {}
+                done => return Some(done),
+            }
+        }
+        match self.conn.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            done => Some(done),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some(done) = this.take_plaintext(buf.initialize_unfilled()) {
+                // Ok(0) is close_notify: the end of the stream.
+                buf.advance(done?);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Whatever rustls has to say (tickets, alerts) goes along; a
+            // full socket is the writer's business.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            ready!(this.poll_receive(cx))?;
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
+    /// Hands `n` bytes (what `take` gave rustls) to the socket as far as it
+    /// takes them; bytes rustls took are delivered later if it is full.
+    fn poll_put(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut ServerConnection) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = take(&mut self.conn)?;
+            let sent = self.poll_send(cx);
+            if n > 0 {
+                if let Poll::Ready(Err(e)) = sent {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(n));
+            }
+            ready!(sent)?;
+            if self.conn.is_handshaking() && !self.conn.wants_write() {
+                // rustls holds our data until the client's Finished (no
+                // 0.5-RTT data on this connection): read on to it.
+                ready!(self.poll_receive(cx))?;
+                continue;
+            }
+            if !self.conn.wants_write() {
+                // rustls takes nothing though its buffer is empty: an empty
+                // write, or a connection that is closing.
+                return Poll::Ready(Ok(0));
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_put(cx, |conn| conn.writer().write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_put(cx, |conn| conn.writer().write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.conn.writer().flush()?;
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closing {
+            this.conn.send_close_notify();
+            this.closing = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// The socket as blocking `Read`/`Write` for rustls: `Pending` becomes
+/// `WouldBlock` (with the waker registered).
+struct Sync<'a, 'b, IO> {
+    io: &'a mut IO,
+    cx: &'a mut Context<'b>,
+}
+
+impl<IO: AsyncRead + Unpin> Read for Sync<'_, '_, IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Write for Sync<'_, '_, IO> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        pending_blocks(Pin::new(&mut *self.io).poll_write(self.cx, buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        pending_blocks(Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        pending_blocks(Pin::new(&mut *self.io).poll_flush(self.cx))
+    }
+}
+
+fn pending_blocks<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
+    match p {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

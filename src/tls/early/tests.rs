@@ -1,0 +1,202 @@
+//! Real rustls handshakes over in-memory pipes: 0-RTT data is served before
+//! the client's Finished, refused early data arrives all the same, and bad
+//! bytes end the handshake with an error.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{
+    duplex, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf,
+};
+use tokio_rustls::TlsConnector;
+
+use super::*;
+use crate::tls::tests::Fixture;
+use crate::tls::{outer_client_config, outer_server_config};
+
+/// A pipe end whose writes are held back until [`Gate::release`]: while
+/// the server's flight is held, the client cannot have sent its Finished.
+struct Gate {
+    io: DuplexStream,
+    held: Option<Vec<u8>>,
+}
+
+impl Gate {
+    fn new(io: DuplexStream) -> Gate {
+        Gate {
+            io,
+            held: Some(Vec::new()),
+        }
+    }
+
+    async fn release(&mut self) {
+        let held = self.held.take().expect("released once");
+        self.io.write_all(&held).await.unwrap();
+    }
+}
+
+impl AsyncRead for Gate {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gate {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.held {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            None => Pin::new(&mut this.io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.held {
+            Some(_) => Poll::Ready(Ok(())),
+            None => Pin::new(&mut this.io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// `f`, or a panic after 10 s (what a wait for the held flight would be).
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), f)
+        .await
+        .expect("waited for the client's Finished")
+}
+
+fn localhost() -> ServerName<'static> {
+    ServerName::try_from("localhost").unwrap()
+}
+
+/// A first connection, full handshake, and one exchange each way (the
+/// session tickets come after the client's Finished and ride with the
+/// server's answer).
+async fn first_connection(server: &Arc<ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+    let (a, b) = duplex(64 * 1024);
+    let connector = TlsConnector::from(client.clone()).early_data(true);
+    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server.clone(), b));
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    assert_eq!(s.kind(), "full");
+    c.write_all(b"ping").await.unwrap();
+    c.flush().await.unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await.unwrap();
+    s.write_all(b"pong").await.unwrap();
+    s.flush().await.unwrap();
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"pong");
+}
+
+#[tokio::test]
+async fn early_data_is_read_and_answered_before_the_client_finishes() {
+    let certs = Fixture::new("early");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    first_connection(&server, &client).await;
+
+    let (a, b) = duplex(64 * 1024);
+    let connector = TlsConnector::from(client).early_data(true);
+    let client = tokio::spawn(async move {
+        let mut c = connector.connect(localhost(), a).await.unwrap();
+        assert!(c.get_ref().1.is_handshaking(), "0-RTT: connected at once");
+        c.write_all(b"early request").await.unwrap();
+        // Completes the handshake, which waits for the server's flight.
+        c.flush().await.unwrap();
+        let mut answer = [0u8; 6];
+        c.read_exact(&mut answer).await.unwrap();
+        assert!(c.get_ref().1.is_early_data_accepted());
+        c.write_all(b"after").await.unwrap();
+        c.flush().await.unwrap();
+        answer
+    });
+    // Neither may wait for the client's Finished: the flight is held back.
+    let mut s = within(accept(server, Gate::new(b))).await.unwrap();
+    assert_eq!(s.kind(), "early_data");
+    let mut request = [0u8; 13];
+    within(s.read_exact(&mut request)).await.unwrap();
+    assert_eq!(&request, b"early request");
+    assert!(
+        s.connection().is_handshaking(),
+        "read while the server's flight is held, so before the client's Finished"
+    );
+    s.write_all(b"answer").await.unwrap();
+    s.flush().await.unwrap();
+    s.io_mut().release().await;
+    assert_eq!(&client.await.unwrap(), b"answer");
+    let mut after = [0u8; 5];
+    s.read_exact(&mut after).await.unwrap();
+    assert_eq!(&after, b"after");
+    assert!(!s.connection().is_handshaking());
+}
+
+#[tokio::test]
+async fn refused_early_data_arrives_after_the_handshake() {
+    let certs = Fixture::new("refused");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    first_connection(&server, &client).await;
+
+    // Another server (a restart, another instance) knows no such session.
+    let other = outer_server_config(certs.server.clone(), true).unwrap();
+    let (a, b) = duplex(64 * 1024);
+    let connector = TlsConnector::from(client).early_data(true);
+    let client = tokio::spawn(async move {
+        let mut c = connector.connect(localhost(), a).await.unwrap();
+        assert!(c.get_ref().1.is_handshaking(), "early data was offered");
+        c.write_all(b"early request").await.unwrap();
+        c.flush().await.unwrap();
+        let mut answer = [0u8; 6];
+        c.read_exact(&mut answer).await.unwrap();
+        assert!(!c.get_ref().1.is_early_data_accepted());
+        answer
+    });
+    let mut s = accept(other, b).await.unwrap();
+    assert_eq!(s.kind(), "full");
+    let mut request = [0u8; 13];
+    s.read_exact(&mut request).await.unwrap();
+    assert_eq!(&request, b"early request");
+    s.write_all(b"answer").await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(&client.await.unwrap(), b"answer");
+}
+
+#[tokio::test]
+async fn a_peer_that_speaks_no_tls_is_refused() {
+    let certs = Fixture::new("garbage");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let (mut a, b) = duplex(64 * 1024);
+    a.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let err = accept(server, b).await.err().expect("not TLS");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+}
+
+#[tokio::test]
+async fn a_peer_that_leaves_mid_handshake_is_an_unexpected_eof() {
+    let certs = Fixture::new("eof");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let (a, b) = duplex(64 * 1024);
+    drop(a);
+    let err = accept(server, b).await.err().expect("no handshake");
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+}
