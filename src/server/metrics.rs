@@ -24,6 +24,7 @@
 //! | `postern_sessions_detached` | gauge | |
 //! | `postern_session_cuts_total` | counter | |
 //! | `postern_resent_bytes_total` | counter | |
+//! | `postern_outer_handshakes_total` | counter | `kind` = `full`/`resumed`/`early_data` (outer TLS, self-hosted only) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +74,12 @@ pub struct Metrics {
     detached: Gauge,
     cuts: Counter,
     resent: Counter,
+    outer: Family<Kind, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,7 +186,14 @@ impl Metrics {
             "Bytes sent again after resumes",
             resent.clone(),
         );
+        let outer = Family::<Kind, Counter>::default();
+        registry.register(
+            "postern_outer_handshakes",
+            "Outer TLS handshakes, by kind (full, resumed, early_data: the first requests came with the ClientHello)",
+            outer.clone(),
+        );
         Metrics {
+            outer,
             resumes,
             detached,
             cuts,
@@ -248,6 +262,11 @@ impl Metrics {
     /// Records how long a backend connect took.
     pub fn backend_connected(&self, took: Duration) {
         self.backend_connect.observe(took.as_secs_f64());
+    }
+
+    /// Counts an outer TLS handshake by kind (see [`crate::tls::early::ServerTls::kind`]).
+    pub fn outer_handshake(&self, kind: &'static str) {
+        self.outer.get_or_create(&Kind { kind }).inc();
     }
 
     /// Counts a reload attempt.

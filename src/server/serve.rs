@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn};
@@ -114,10 +113,11 @@ async fn connection(
     let outer = config.live.material().outer.clone();
     match outer {
         Some(outer) => {
-            let tls = tokio::time::timeout(limit, TlsAcceptor::from(outer).accept(sock))
+            let tls = tokio::time::timeout(limit, crate::tls::early::accept(outer, sock))
                 .await
                 .context("outer TLS handshake timed out")?
                 .context("outer TLS handshake")?;
+            config.metrics.outer_handshake(tls.kind());
             h2_connection(tls, peer, false, config, grant, shutdown).await
         }
         None => h2_connection(sock, peer, true, config, grant, shutdown).await,
