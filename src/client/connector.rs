@@ -274,14 +274,25 @@ impl Connector {
                     host: host.clone(),
                     reason: std::io::Error::other(e),
                 })?;
+                // With a session to resume at a front end that allows it, the
+                // connect returns at once and HTTP/2's first frames (and the
+                // first tunnel's) ride in the ClientHello's flight as 0-RTT
+                // data; a front end that refuses them gets them again after
+                // the handshake (tokio-rustls keeps a copy).
                 let tls = TlsConnector::from(outer.clone())
+                    .early_data(true)
                     .connect(name, tcp)
                     .await
                     .map_err(|reason| OpenError::Tls {
                         host: host.clone(),
                         reason,
                     })?;
-                if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+                // Mid-handshake (0-RTT) nothing is negotiated yet; the
+                // session resumed was one on which h2 was, and a server
+                // accepts early data only for the same ALPN protocol.
+                let (_, session) = tls.get_ref();
+                if !session.is_handshaking() && session.alpn_protocol() != Some(crate::tls::ALPN_H2)
+                {
                     return Err(OpenError::NoH2 { host });
                 }
                 self.handshake(tls).await

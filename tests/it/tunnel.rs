@@ -7,6 +7,7 @@ use crate::harness::*;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn banner_through_front_end_with_verified_identities() {
@@ -264,5 +265,51 @@ async fn unreachable_front_end_closes_every_local_connection_promptly() {
         closed += 1;
     }
     assert_eq!(closed, 20);
+    shutdown.cancel();
+}
+
+/// A self-hosted server with outer TLS: the client's second connection
+/// resumes the first's session and sends its HTTP/2 preface and tunnel
+/// request as 0-RTT data, which the server takes (counted by kind), and
+/// bulk data both ways runs intact over the server's own TLS stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_sends_its_first_tunnel_as_early_data() {
+    let shutdown = CancellationToken::new();
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let mut flags = server_flags(&pki);
+    let (cert, key) = (pki.p("front.pem"), pki.p("front-key.pem"));
+    flags.extend(["--backend".to_owned(), backend.addr.to_string()]);
+    flags.extend(["--tls-cert".to_owned(), cert, "--tls-key".to_owned(), key]);
+    flags.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let mut server = Server::start(&strs(&flags), &shutdown).await;
+    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let ca = pki.p("ca.pem");
+    let cflags = client_flags(
+        &pki,
+        &["--tls-ca", &ca, "--max-streams-per-connection", "1"],
+    );
+    let client = start_client(&url, &strs(&cflags), &shutdown).await;
+
+    // The first tunnel stays open, so the second needs a connection of its own.
+    let mut held = TcpStream::connect(client).await.unwrap();
+    held.write_all(b"first").await.unwrap();
+    let mut echo = [0u8; 5];
+    held.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"first");
+    let bulk = random_bytes(4 << 20, 2);
+    let back = round_trip(client, &bulk).await.unwrap();
+    assert_eq!(sha256(&back), sha256(&bulk));
+    assert_eq!(server.report().await.outcome, Ok(()));
+
+    let text = scrape(metrics).await;
+    let get = |kind: &str| {
+        let series = format!("postern_outer_handshakes_total{{kind=\"{kind}\"}}");
+        sample(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert_eq!(get("full"), 1.0);
+    assert_eq!(get("early_data"), 1.0);
+    drop(held);
     shutdown.cancel();
 }
