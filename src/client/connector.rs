@@ -295,6 +295,7 @@ impl Connector {
                 {
                     return Err(OpenError::NoH2 { host });
                 }
+                let tls = crate::tls::early::Finishing::new(tls, self.connect_timeout);
                 self.handshake(tls).await
             }
             _ => self.handshake(tcp).await,

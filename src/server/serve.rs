@@ -113,9 +113,8 @@ async fn connection(
     let outer = config.live.material().outer.clone();
     match outer {
         Some(outer) => {
-            let tls = tokio::time::timeout(limit, crate::tls::early::accept(outer, sock))
+            let tls = crate::tls::early::accept(outer, sock, limit)
                 .await
-                .context("outer TLS handshake timed out")?
                 .context("outer TLS handshake")?;
             config.metrics.outer_handshake(tls.kind());
             h2_connection(tls, peer, false, config, grant, shutdown).await

@@ -12,19 +12,25 @@
 //! ordinary data, and writes before the client's Finished go out as 0.5-RTT
 //! data ([`rustls::ServerConfig::send_half_rtt_data`]).
 //!
+//! [`Finishing`] is the client's side: a 0-RTT connect returns before the
+//! handshake ends, and the connect's deadline still has to hold.
+//!
 //! Why that is safe here: rustls accepts early data only with stateful
 //! resumption, where every ticket is used once (a replayed ClientHello
 //! finds its ticket gone and falls back to a full handshake); and what
 //! early data can carry is a POST that starts an inner mTLS handshake, which
 //! reaches no backend until the client proves its key in a later flight.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use rustls::{ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// A server-side TLS stream over `IO`.
 pub struct ServerTls<IO> {
@@ -40,15 +46,23 @@ pub struct ServerTls<IO> {
     early_read: usize,
     /// Early data arrived on this connection.
     had_early: bool,
+    /// When a handshake that [`accept`] left to finish (0-RTT) must be done.
+    finish_by: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Runs the server handshake on `io` until it completes or, when the client's
 /// early data was accepted, until the server's flight is written and the
-/// first early bytes are in.
-pub async fn accept<IO>(config: Arc<ServerConfig>, io: IO) -> io::Result<ServerTls<IO>>
+/// first early bytes are in. The whole handshake gets `limit`: one that is
+/// not done by then fails here, or in a later read if it was left running.
+pub async fn accept<IO>(
+    config: Arc<ServerConfig>,
+    io: IO,
+    limit: Duration,
+) -> io::Result<ServerTls<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let deadline = Instant::now() + limit;
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
     let mut tls = ServerTls {
         io,
@@ -58,9 +72,22 @@ where
         early: Vec::new(),
         early_read: 0,
         had_early: false,
+        finish_by: None,
     };
-    std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
+    tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| tls.poll_handshake(cx)))
+        .await
+        .map_err(|_| late())??;
+    if tls.conn.is_handshaking() {
+        tls.finish_by = Some(Box::pin(tokio::time::sleep_until(deadline)));
+    }
     Ok(tls)
+}
+
+fn late() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the TLS handshake did not finish in time",
+    )
 }
 
 impl<IO> ServerTls<IO> {
@@ -117,10 +144,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         }
     }
 
+    /// `Pending`, or the error of a handshake left running past its limit.
+    fn poll_finish_by(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.conn.is_handshaking() {
+            self.finish_by = None;
+        }
+        match &mut self.finish_by {
+            Some(at) => at.as_mut().poll(cx).map(|()| Err(late())),
+            None => Poll::Pending,
+        }
+    }
+
     /// Writes every TLS record rustls has queued.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
-            let mut sink = Sync {
+            let mut sink = Blocking {
                 io: &mut self.io,
                 cx,
             };
@@ -136,7 +174,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
 
     /// Reads TLS records from the socket and processes them.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut source = Sync {
+        let mut source = Blocking {
             io: &mut self.io,
             cx,
         };
@@ -204,7 +242,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
             }
-            ready!(this.poll_receive(cx))?;
+            if this.poll_receive(cx)?.is_pending() {
+                return this.poll_finish_by(cx);
+            }
         }
     }
 }
@@ -282,14 +322,103 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
     }
 }
 
+/// The client side: a TLS stream whose handshake a 0-RTT connect left
+/// running, which must end by the connect's deadline (a front end that took
+/// the ClientHello and then stalls would otherwise hold every tunnel put on
+/// the connection until its own timeout).
+pub struct Finishing<IO> {
+    tls: tokio_rustls::client::TlsStream<IO>,
+    by: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> Finishing<IO> {
+    /// `tls`, whose handshake (if still running) gets `limit` more.
+    pub fn new(tls: tokio_rustls::client::TlsStream<IO>, limit: Duration) -> Self {
+        let by = tls
+            .get_ref()
+            .1
+            .is_handshaking()
+            .then(|| Box::pin(tokio::time::sleep(limit)));
+        Finishing { tls, by }
+    }
+
+    /// After the stream said `Pending`: still `Pending`, or the error of a
+    /// handshake past its deadline.
+    fn poll_late<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.tls.get_ref().1.is_handshaking() {
+            self.by = None;
+        }
+        match &mut self.by {
+            Some(by) => by.as_mut().poll(cx).map(|()| Err(late())),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Finishing<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tls).poll_read(cx, buf) {
+            Poll::Pending => this.poll_late(cx),
+            done => done,
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Finishing<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tls).poll_write(cx, buf) {
+            Poll::Pending => this.poll_late(cx),
+            done => done,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tls).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.poll_late(cx),
+            done => done,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tls).poll_flush(cx) {
+            Poll::Pending => this.poll_late(cx),
+            done => done,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
+
 /// The socket as blocking `Read`/`Write` for rustls: `Pending` becomes
 /// `WouldBlock` (with the waker registered).
-struct Sync<'a, 'b, IO> {
+struct Blocking<'a, 'b, IO> {
     io: &'a mut IO,
     cx: &'a mut Context<'b>,
 }
 
-impl<IO: AsyncRead + Unpin> Read for Sync<'_, '_, IO> {
+impl<IO: AsyncRead + Unpin> Read for Blocking<'_, '_, IO> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
         match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
@@ -300,7 +429,7 @@ impl<IO: AsyncRead + Unpin> Read for Sync<'_, '_, IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> Write for Sync<'_, '_, IO> {
+impl<IO: AsyncWrite + Unpin> Write for Blocking<'_, '_, IO> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         pending_blocks(Pin::new(&mut *self.io).poll_write(self.cx, buf))
     }

@@ -76,6 +76,9 @@ impl AsyncWrite for Gate {
     }
 }
 
+/// The handshake limit where a test does not reach it.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `f`, or a panic after 10 s (what a wait for the held flight would be).
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(10), f)
@@ -93,7 +96,10 @@ fn localhost() -> ServerName<'static> {
 async fn first_connection(server: &Arc<ServerConfig>, client: &Arc<rustls::ClientConfig>) {
     let (a, b) = duplex(64 * 1024);
     let connector = TlsConnector::from(client.clone()).early_data(true);
-    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server.clone(), b));
+    let (c, s) = tokio::join!(
+        connector.connect(localhost(), a),
+        accept(server.clone(), b, LIMIT)
+    );
     let (mut c, mut s) = (c.unwrap(), s.unwrap());
     assert_eq!(s.kind(), "full");
     c.write_all(b"ping").await.unwrap();
@@ -129,7 +135,7 @@ async fn early_data_is_read_and_answered_before_the_client_finishes() {
         answer
     });
     // Neither may wait for the client's Finished: the flight is held back.
-    let mut s = within(accept(server, Gate::new(b))).await.unwrap();
+    let mut s = within(accept(server, Gate::new(b), LIMIT)).await.unwrap();
     assert_eq!(s.kind(), "early_data");
     let mut request = [0u8; 13];
     within(s.read_exact(&mut request)).await.unwrap();
@@ -169,7 +175,7 @@ async fn refused_early_data_arrives_after_the_handshake() {
         assert!(!c.get_ref().1.is_early_data_accepted());
         answer
     });
-    let mut s = accept(other, b).await.unwrap();
+    let mut s = accept(other, b, LIMIT).await.unwrap();
     assert_eq!(s.kind(), "full");
     let mut request = [0u8; 13];
     s.read_exact(&mut request).await.unwrap();
@@ -187,7 +193,7 @@ async fn a_peer_that_speaks_no_tls_is_refused() {
     a.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let err = accept(server, b).await.err().expect("not TLS");
+    let err = accept(server, b, LIMIT).await.err().expect("not TLS");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
 }
 
@@ -197,6 +203,49 @@ async fn a_peer_that_leaves_mid_handshake_is_an_unexpected_eof() {
     let server = outer_server_config(certs.server.clone(), true).unwrap();
     let (a, b) = duplex(64 * 1024);
     drop(a);
-    let err = accept(server, b).await.err().expect("no handshake");
+    let err = accept(server, b, LIMIT).await.err().expect("no handshake");
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_after_early_data_is_cut_at_the_limit() {
+    let certs = Fixture::new("unfinished");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    first_connection(&server, &client).await;
+
+    let (a, b) = duplex(64 * 1024);
+    let connector = TlsConnector::from(client).early_data(true);
+    // The client's flush waits for the server's flight, which never comes.
+    let _client = tokio::spawn(async move {
+        let mut c = connector.connect(localhost(), a).await.unwrap();
+        c.write_all(b"early request").await.unwrap();
+        let _ = c.flush().await;
+        c
+    });
+    let limit = std::time::Duration::from_millis(300);
+    let mut s = within(accept(server, Gate::new(b), limit)).await.unwrap();
+    assert_eq!(s.kind(), "early_data");
+    let mut request = [0u8; 13];
+    s.read_exact(&mut request).await.unwrap();
+    let err = within(s.read(&mut [0u8; 16])).await.expect_err("cut");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+}
+
+#[tokio::test]
+async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
+    let certs = Fixture::new("unanswered");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    first_connection(&server, &client).await;
+
+    // A peer that takes the ClientHello and never answers.
+    let (a, _silent) = duplex(64 * 1024);
+    let connector = TlsConnector::from(client).early_data(true);
+    let tls = connector.connect(localhost(), a).await.unwrap();
+    assert!(tls.get_ref().1.is_handshaking(), "0-RTT: connected at once");
+    let mut c = Finishing::new(tls, std::time::Duration::from_millis(300));
+    c.write_all(b"early request").await.unwrap();
+    let err = within(c.flush()).await.expect_err("cut");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
 }
