@@ -51,6 +51,12 @@ pub struct Args {
     /// Extra CA certificate(s) to trust for the outer TLS (besides the system roots).
     #[arg(long, env = "POSTERN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Never send TLS 1.3 early data (0-RTT) to the front end. By default a
+    /// new connection that resumes an outer TLS session sends its first
+    /// frames with the ClientHello where the front end allows it, one round
+    /// trip sooner; this is for a front end that mishandles them.
+    #[arg(long)]
+    pub no_early_data: bool,
     /// Leave out the inner TLS (plain tunnel).
     #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
     pub no_inner_tls: bool,
@@ -114,7 +120,10 @@ impl Forward {
     pub fn from_args(args: &Args, url: &str) -> anyhow::Result<Forward> {
         let target = Target::parse(url).map_err(|e| anyhow::anyhow!("--url {e}"))?;
         let outer = if target.tls {
-            Some(tls::outer_client_config(args.tls_ca.as_deref())?)
+            Some(tls::outer_client_config(
+                args.tls_ca.as_deref(),
+                !args.no_early_data,
+            )?)
         } else {
             None
         };

@@ -116,7 +116,8 @@ async fn check(args: &Args, forward: &Forward, r: &mut Report) -> anyhow::Result
     );
 
     let send = if target.tls {
-        let config = tls::outer_client_config(args.client.tls_ca.as_deref())?;
+        // Full handshakes, measured as they are: no 0-RTT here.
+        let config = tls::outer_client_config(args.client.tls_ca.as_deref(), false)?;
         let name = ServerName::try_from(host.clone()).context("host name")?;
         let tls = match TlsConnector::from(config).connect(name, tcp).await {
             Ok(t) => t,

@@ -88,6 +88,11 @@ pub struct Args {
     /// Private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Take no TLS 1.3 early data (0-RTT) on --tls-cert's TLS. By default a
+    /// client resuming a session may send its first requests with its
+    /// ClientHello, and they are answered a round trip sooner.
+    #[arg(long, requires = "tls_cert")]
+    pub no_early_data: bool,
     /// How often to check the certificate, key, CA, CRL and config files for
     /// changes (`500ms`, `2s`, `1m`; a bare number is seconds; 0 = only
     /// reload on SIGHUP).
@@ -215,5 +220,26 @@ mod tests {
             let err = format!("{:#}", parse(&[flag, bad]).expect_err(bad));
             assert!(err.contains(flag) && err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn no_early_data_needs_the_outer_tls_it_is_about() {
+        let base = ["--backend", "h:1", "--no-inner-tls", "--no-early-data"];
+        let err = format!(
+            "{:#}",
+            parse_args::<Args>("server", &base).expect_err("alone")
+        );
+        assert!(err.contains("--tls-cert"), "{err}");
+        let argv: Vec<&str> = base
+            .iter()
+            .chain(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .copied()
+            .collect();
+        assert!(parse_args::<Args>("server", &argv).unwrap().no_early_data);
+        assert!(
+            !parse_args::<Args>("server", &base[..3])
+                .unwrap()
+                .no_early_data
+        );
     }
 }

@@ -94,6 +94,7 @@ impl Config {
             routes,
             inner,
             outer,
+            early_data: !args.no_early_data,
         };
         // Files are read and TLS configs built on the blocking pool, as on reload.
         let m = metrics.clone();

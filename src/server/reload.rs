@@ -90,6 +90,8 @@ pub struct Sources {
     pub inner: Option<InnerFiles>,
     /// `--tls-cert` and `--tls-key`.
     pub outer: Option<(PathBuf, PathBuf)>,
+    /// Whether the outer TLS takes 0-RTT data (not `--no-early-data`).
+    pub early_data: bool,
 }
 
 type Fingerprint = Vec<Option<(SystemTime, u64, u64)>>;
@@ -139,7 +141,7 @@ impl Sources {
         let outer = match &self.outer {
             Some((cert, key)) => Some(tls::outer_server_config(
                 CertSlot::new(pem::load_identity(cert, key)?),
-                true,
+                self.early_data,
             )?),
             None => None,
         };

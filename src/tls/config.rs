@@ -131,8 +131,14 @@ pub fn outer_server_config(
 /// bytes each.
 pub const EARLY_DATA_LIMIT: u32 = 16 * 1024;
 
-/// The outer TLS client: the system's roots plus `extra_ca`, ALPN h2.
-pub fn outer_client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
+/// The outer TLS client: the system's roots plus `extra_ca`, ALPN h2; with
+/// `early_data`, a resumed session may carry the first request in its
+/// ClientHello where the front end allows it (`postern server` does, Go's
+/// TLS never does).
+pub fn outer_client_config(
+    extra_ca: Option<&Path>,
+    early_data: bool,
+) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -156,9 +162,7 @@ pub fn outer_client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<Client
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // A resumed session may carry the first request in its ClientHello if the
-    // front end allows it (`postern server` does, Go's TLS never does).
-    config.enable_early_data = true;
+    config.enable_early_data = early_data;
     Ok(Arc::new(config))
 }
 

@@ -268,12 +268,11 @@ async fn unreachable_front_end_closes_every_local_connection_promptly() {
     shutdown.cancel();
 }
 
-/// A self-hosted server with outer TLS: the client's second connection
-/// resumes the first's session and sends its HTTP/2 preface and tunnel
-/// request as 0-RTT data, which the server takes (counted by kind), and
-/// bulk data both ways runs intact over the server's own TLS stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_connection_sends_its_first_tunnel_as_early_data() {
+/// A self-hosted server with outer TLS (`server_extra`, `client_extra` added
+/// to the usual flags): a client's first tunnel, held open, and a second one,
+/// which must dial a connection of its own, bulk data both ways on it.
+/// Returns the server's outer handshakes by kind: (full, resumed, early_data).
+async fn second_connection(server_extra: &[&str], client_extra: &[&str]) -> (f64, f64, f64) {
     let shutdown = CancellationToken::new();
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
@@ -282,15 +281,14 @@ async fn a_second_connection_sends_its_first_tunnel_as_early_data() {
     flags.extend(["--backend".to_owned(), backend.addr.to_string()]);
     flags.extend(["--tls-cert".to_owned(), cert, "--tls-key".to_owned(), key]);
     flags.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    flags.extend(server_extra.iter().map(|s| s.to_string()));
     let mut server = Server::start(&strs(&flags), &shutdown).await;
     let metrics = server.config.metrics_addr.expect("metrics listener");
     let url = format!("https://localhost:{}/", server.addr.port());
     let ca = pki.p("ca.pem");
-    let cflags = client_flags(
-        &pki,
-        &["--tls-ca", &ca, "--max-streams-per-connection", "1"],
-    );
-    let client = start_client(&url, &strs(&cflags), &shutdown).await;
+    let mut extra = vec!["--tls-ca", &ca, "--max-streams-per-connection", "1"];
+    extra.extend_from_slice(client_extra);
+    let client = start_client(&url, &strs(&client_flags(&pki, &extra)), &shutdown).await;
 
     // The first tunnel stays open, so the second needs a connection of its own.
     let mut held = TcpStream::connect(client).await.unwrap();
@@ -305,11 +303,29 @@ async fn a_second_connection_sends_its_first_tunnel_as_early_data() {
 
     let text = scrape(metrics).await;
     let get = |kind: &str| {
-        let series = format!("postern_outer_handshakes_total{{kind=\"{kind}\"}}");
-        sample(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        sample(
+            &text,
+            &format!("postern_outer_handshakes_total{{kind=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0)
     };
-    assert_eq!(get("full"), 1.0);
-    assert_eq!(get("early_data"), 1.0);
     drop(held);
     shutdown.cancel();
+    (get("full"), get("resumed"), get("early_data"))
+}
+
+/// The client's second connection resumes the first's session and sends its
+/// HTTP/2 preface and tunnel request as 0-RTT data, which the server takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_sends_its_first_tunnel_as_early_data() {
+    assert_eq!(second_connection(&[], &[]).await, (1.0, 0.0, 1.0));
+}
+
+/// `--no-early-data` on either side: the session still resumes, and the
+/// request waits for the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_early_data_on_either_side_resumes_without_it() {
+    let no = ["--no-early-data"];
+    assert_eq!(second_connection(&no, &[]).await, (1.0, 1.0, 0.0), "server");
+    assert_eq!(second_connection(&[], &no).await, (1.0, 1.0, 0.0), "client");
 }

@@ -63,7 +63,7 @@ pub(super) async fn post(
         .map_err(|e| format!("connect: {e}"))?;
     let raw = if tls {
         let mut config =
-            (*crate::tls::outer_client_config(None).map_err(|e| format!("{e:#}"))?).clone();
+            (*crate::tls::outer_client_config(None, false).map_err(|e| format!("{e:#}"))?).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = ServerName::try_from(bare.to_owned()).map_err(|_| "bad host name")?;
         let stream = TlsConnector::from(std::sync::Arc::new(config))

@@ -116,7 +116,7 @@ async fn first_connection(server: &Arc<ServerConfig>, client: &Arc<rustls::Clien
 async fn early_data_is_read_and_answered_before_the_client_finishes() {
     let certs = Fixture::new("early");
     let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
     first_connection(&server, &client).await;
 
     let (a, b) = duplex(64 * 1024);
@@ -158,7 +158,7 @@ async fn early_data_is_read_and_answered_before_the_client_finishes() {
 async fn refused_early_data_arrives_after_the_handshake() {
     let certs = Fixture::new("refused");
     let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
     first_connection(&server, &client).await;
 
     // Another server (a restart, another instance) knows no such session.
@@ -211,7 +211,7 @@ async fn a_peer_that_leaves_mid_handshake_is_an_unexpected_eof() {
 async fn a_client_that_never_finishes_after_early_data_is_cut_at_the_limit() {
     let certs = Fixture::new("unfinished");
     let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
     first_connection(&server, &client).await;
 
     let (a, b) = duplex(64 * 1024);
@@ -236,7 +236,7 @@ async fn a_client_that_never_finishes_after_early_data_is_cut_at_the_limit() {
 async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
     let certs = Fixture::new("unanswered");
     let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca)).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
     first_connection(&server, &client).await;
 
     // A peer that takes the ClientHello and never answers.
