@@ -1,5 +1,6 @@
-//! The outer TLS server stream, which hands the client's 0-RTT data to
-//! HTTP/2 the moment it arrives.
+//! TLS 1.3 early data (0-RTT) on the outer hop: the server's TLS stream,
+//! which hands the client's 0-RTT data to HTTP/2 the moment it arrives, and
+//! the client's deadline for a handshake that 0-RTT leaves running.
 //!
 //! A client that resumes a session may send its first bytes (the HTTP/2
 //! preface, the tunnel's POST and the inner ClientHello) with its
