@@ -249,3 +249,59 @@ async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
     let err = within(c.flush()).await.expect_err("cut");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
 }
+
+#[tokio::test]
+async fn bulk_both_ways_and_close_notify_end_the_stream_cleanly() {
+    let certs = Fixture::new("bulk");
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
+    // A pipe smaller than one direction's data: both sides wait on it.
+    let (a, b) = duplex(16 * 1024);
+    let connector = TlsConnector::from(client);
+    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server, b, LIMIT));
+    let (c, s) = (c.unwrap(), s.unwrap());
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let expect = data.clone();
+    let (mut cr, mut cw) = tokio::io::split(c);
+    let (mut sr, mut sw) = tokio::io::split(s);
+    let send = async move {
+        // Vectored writes of uneven pieces, then close_notify.
+        let mut at = 0;
+        while at < data.len() {
+            let cut = (at + 1000).min(data.len());
+            let end = (at + 70_000).min(data.len());
+            let pieces = [
+                io::IoSlice::new(&data[at..cut]),
+                io::IoSlice::new(&data[cut..end]),
+            ];
+            at += sw.write_vectored(&pieces).await.unwrap();
+        }
+        sw.shutdown().await.unwrap();
+    };
+    let receive = async move {
+        let mut got = Vec::new();
+        cr.read_to_end(&mut got)
+            .await
+            .expect("close_notify is a clean end");
+        got
+    };
+    let upload = async move {
+        cw.write_all(&[5u8; 200_000]).await.unwrap();
+        cw.shutdown().await.unwrap();
+    };
+    let sink = async move {
+        let mut got = Vec::new();
+        sr.read_to_end(&mut got)
+            .await
+            .expect("close_notify is a clean end");
+        got
+    };
+    let ((), got, (), up) = within(async { tokio::join!(send, receive, upload, sink) }).await;
+    assert!(
+        got == expect,
+        "download altered ({} bytes of {})",
+        got.len(),
+        expect.len()
+    );
+    assert_eq!(up, vec![5u8; 200_000]);
+}
