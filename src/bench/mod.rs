@@ -34,7 +34,8 @@ pub enum Scenario {
     /// bulk one (downloading, then uploading), at 0 ms and at the RTT, and
     /// what the bulk keeps of its throughput alone.
     Beside,
-    /// Local connect to first byte, open and cold connection, 0 ms and RTT.
+    /// Local connect to first byte, open and cold connection, 0 ms and RTT
+    /// (cold at the RTT also without 0-RTT on the outer hop).
     Setup,
     /// New tunnels per second (connect, 1 byte each way, close).
     Rate,

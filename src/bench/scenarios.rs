@@ -242,8 +242,19 @@ async fn setup(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         drop(warm);
         let cold = Proc::client("client-rtt-cold", &env.pki, to_server.port(), COLD).await?;
         let coldr = first_bytes(cold.addr, nr, true).await?;
+        drop(cold);
+        // The same without 0-RTT on the outer hop: what early data saves.
+        let full: Vec<&str> = COLD.iter().copied().chain(["--no-early-data"]).collect();
+        let cold = Proc::client("client-rtt-cold-1rtt", &env.pki, to_server.port(), &full).await?;
+        let cold_full = first_bytes(cold.addr, nr, true).await?;
         rows.push(("open connection, RTT", open, base.clone(), rtt_ms));
-        rows.push(("cold connection, RTT", coldr, base, rtt_ms));
+        rows.push(("cold connection, RTT", coldr, base.clone(), rtt_ms));
+        rows.push((
+            "cold connection, RTT, --no-early-data",
+            cold_full,
+            base,
+            rtt_ms,
+        ));
     }
     for (what, mut p, mut b, rtt) in rows {
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
