@@ -57,7 +57,8 @@
 //!   budget), `carried` (a tunnel over its stream or a session), `resume`
 //!   (resume requests).
 //! - [`client`]: `Forward` and the local listeners (`mod.rs`), `connector`
-//!   (the pool of HTTP/2 connections), `target` (the parsed `--url`),
+//!   (the pool of HTTP/2 connections), `resolve` (the front end's addresses,
+//!   looked up at most every 30 s), `target` (the parsed `--url`),
 //!   `token/` (Google ID tokens: sources, cache, metadata server, command,
 //!   service-account keys and impersonation), `resume` (asking for a session,
 //!   cookies, moving a session to a new stream).

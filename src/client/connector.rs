@@ -25,6 +25,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::resolve::Resolved;
 use super::Target;
 use crate::transport::settings;
 use crate::transport::stream::{H2Stream, StreamGuard};
@@ -118,6 +119,7 @@ pub struct Connector {
     keepalive: Option<Duration>,
     connect_timeout: Duration,
     pool: Mutex<Pool>,
+    addrs: Resolved,
 }
 
 impl Connector {
@@ -130,6 +132,7 @@ impl Connector {
         connect_timeout: Duration,
     ) -> Self {
         Connector {
+            addrs: Resolved::new(&target.host, target.port),
             target,
             outer,
             max_streams: max_streams.max(1),
@@ -258,12 +261,18 @@ impl Connector {
 
     async fn dial_inner(&self) -> Result<Conn, OpenError> {
         let addr = self.addr();
-        let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
-            .await
-            .map_err(|reason| OpenError::Connect {
-                addr: addr.clone(),
-                reason,
-            })?;
+        let refused = |reason| OpenError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let addrs = self.addrs.addrs().await.map_err(refused)?;
+        let tcp = match TcpStream::connect(&addrs[..]).await {
+            Ok(tcp) => tcp,
+            Err(reason) => {
+                self.addrs.forget();
+                return Err(refused(reason));
+            }
+        };
         if let Err(e) = crate::transport::socket::tune_outer(&tcp) {
             debug!(error = %e, "cannot set the outer socket's options");
         }

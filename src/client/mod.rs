@@ -4,6 +4,7 @@
 //! request headers without waiting for the `200`), then copies bytes.
 
 mod connector;
+mod resolve;
 pub(crate) mod resume;
 mod target;
 mod token;
