@@ -41,12 +41,9 @@ pub struct ServerTls<IO> {
     eof: bool,
     /// close_notify has been queued.
     closing: bool,
-    /// Early data taken out of rustls during the handshake, not yet read.
-    early: Vec<u8>,
-    /// Of which this much has been read.
-    early_read: usize,
-    /// Early data arrived on this connection.
-    had_early: bool,
+    /// Early data taken out of rustls during the handshake (at most
+    /// [`super::EARLY_DATA_LIMIT`]), read from the start; empty: none came.
+    early: io::Cursor<Vec<u8>>,
     /// When a handshake that [`accept`] left to finish (0-RTT) must be done.
     finish_by: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -70,9 +67,7 @@ where
         conn,
         eof: false,
         closing: false,
-        early: Vec::new(),
-        early_read: 0,
-        had_early: false,
+        early: io::Cursor::default(),
         finish_by: None,
     };
     tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| tls.poll_handshake(cx)))
@@ -92,16 +87,11 @@ fn late() -> io::Error {
 }
 
 impl<IO> ServerTls<IO> {
-    /// The TLS connection (ALPN, handshake kind, early data state).
-    pub fn connection(&self) -> &ServerConnection {
-        &self.conn
-    }
-
     /// How the handshake went: `"early_data"` (a resumption whose first
     /// requests came with the ClientHello), `"resumed"` or `"full"`. Known
     /// when [`accept`] returns.
     pub fn kind(&self) -> &'static str {
-        if self.had_early {
+        if !self.early.get_ref().is_empty() {
             "early_data"
         } else if self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             "resumed"
@@ -115,6 +105,12 @@ impl<IO> ServerTls<IO> {
     fn io_mut(&mut self) -> &mut IO {
         &mut self.io
     }
+
+    /// The TLS connection (tests look at its handshake).
+    #[cfg(test)]
+    fn connection(&self) -> &ServerConnection {
+        &self.conn
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
@@ -126,9 +122,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             // client's Finished.
             if let Some(mut early) = self.conn.early_data() {
                 // Reads until rustls has no more (not an end of stream).
-                early.read_to_end(&mut self.early)?;
-                if !self.early.is_empty() {
-                    self.had_early = true;
+                early.read_to_end(self.early.get_mut())?;
+                if !self.early.get_ref().is_empty() {
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -196,15 +191,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
     /// Moves plaintext out of rustls: early data first (it precedes all
     /// other data on the connection), then ordinary data. `None`: none yet.
     fn take_plaintext(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        if self.early_read < self.early.len() {
-            let n = buf.len().min(self.early.len() - self.early_read);
-            buf[..n].copy_from_slice(&self.early[self.early_read..self.early_read + n]);
-            self.early_read += n;
-            if self.early_read == self.early.len() {
-                self.early = Vec::new();
-                self.early_read = 0;
-            }
-            return Some(Ok(n));
+        match self.early.read(buf) {
+            Ok(0) => {}
+            done => return Some(done),
         }
         if let Some(mut early) = self.conn.early_data() {
             match early.read(buf) {
@@ -342,10 +331,23 @@ impl<IO> Finishing<IO> {
             .then(|| Box::pin(tokio::time::sleep(limit)));
         Finishing { tls, by }
     }
+}
 
-    /// After the stream said `Pending`: still `Pending`, or the error of a
-    /// handshake past its deadline.
-    fn poll_late<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+impl<IO: Unpin> Finishing<IO> {
+    /// `poll` on the stream, whose `Pending` becomes the error of a
+    /// handshake past its deadline once that has passed.
+    fn poll_in_time<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(
+            Pin<&mut tokio_rustls::client::TlsStream<IO>>,
+            &mut Context<'_>,
+        ) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let done = poll(Pin::new(&mut self.tls), cx);
+        if done.is_ready() {
+            return done;
+        }
         if !self.tls.get_ref().1.is_handshaking() {
             self.by = None;
         }
@@ -362,11 +364,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Finishing<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.tls).poll_read(cx, buf) {
-            Poll::Pending => this.poll_late(cx),
-            done => done,
-        }
+        self.get_mut()
+            .poll_in_time(cx, |tls, cx| tls.poll_read(cx, buf))
     }
 }
 
@@ -376,11 +375,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Finishing<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.tls).poll_write(cx, buf) {
-            Poll::Pending => this.poll_late(cx),
-            done => done,
-        }
+        self.get_mut()
+            .poll_in_time(cx, |tls, cx| tls.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -388,11 +384,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Finishing<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.tls).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.poll_late(cx),
-            done => done,
-        }
+        self.get_mut()
+            .poll_in_time(cx, |tls, cx| tls.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -400,11 +393,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Finishing<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.tls).poll_flush(cx) {
-            Poll::Pending => this.poll_late(cx),
-            done => done,
-        }
+        self.get_mut()
+            .poll_in_time(cx, |tls, cx| tls.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
