@@ -90,6 +90,22 @@ fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
 }
 
+/// Fresh certificates and the outer configs both sides use (early data on).
+fn configs(name: &str) -> (Fixture, Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+    let certs = Fixture::new(name);
+    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let client = outer_client_config(Some(&certs.ca), true).unwrap();
+    (certs, server, client)
+}
+
+/// [`configs`] after a [`first_connection`]: the client holds a session to
+/// resume with early data.
+async fn resumable(name: &str) -> (Fixture, Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+    let (certs, server, client) = configs(name);
+    first_connection(&server, &client).await;
+    (certs, server, client)
+}
+
 /// A first connection, full handshake, and one exchange each way (the
 /// session tickets come after the client's Finished and ride with the
 /// server's answer).
@@ -114,10 +130,7 @@ async fn first_connection(server: &Arc<ServerConfig>, client: &Arc<rustls::Clien
 
 #[tokio::test]
 async fn early_data_is_read_and_answered_before_the_client_finishes() {
-    let certs = Fixture::new("early");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca), true).unwrap();
-    first_connection(&server, &client).await;
+    let (_certs, server, client) = resumable("early").await;
 
     let (a, b) = duplex(64 * 1024);
     let connector = TlsConnector::from(client).early_data(true);
@@ -156,10 +169,7 @@ async fn early_data_is_read_and_answered_before_the_client_finishes() {
 
 #[tokio::test]
 async fn refused_early_data_arrives_after_the_handshake() {
-    let certs = Fixture::new("refused");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca), true).unwrap();
-    first_connection(&server, &client).await;
+    let (certs, _server, client) = resumable("refused").await;
 
     // Another server (a restart, another instance) knows no such session.
     let other = outer_server_config(certs.server.clone(), true).unwrap();
@@ -187,8 +197,7 @@ async fn refused_early_data_arrives_after_the_handshake() {
 
 #[tokio::test]
 async fn a_peer_that_speaks_no_tls_is_refused() {
-    let certs = Fixture::new("garbage");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let (_certs, server, _) = configs("garbage");
     let (mut a, b) = duplex(64 * 1024);
     a.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -199,8 +208,7 @@ async fn a_peer_that_speaks_no_tls_is_refused() {
 
 #[tokio::test]
 async fn a_peer_that_leaves_mid_handshake_is_an_unexpected_eof() {
-    let certs = Fixture::new("eof");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
+    let (_certs, server, _) = configs("eof");
     let (a, b) = duplex(64 * 1024);
     drop(a);
     let err = accept(server, b, LIMIT).await.err().expect("no handshake");
@@ -209,10 +217,7 @@ async fn a_peer_that_leaves_mid_handshake_is_an_unexpected_eof() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_after_early_data_is_cut_at_the_limit() {
-    let certs = Fixture::new("unfinished");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca), true).unwrap();
-    first_connection(&server, &client).await;
+    let (_certs, server, client) = resumable("unfinished").await;
 
     let (a, b) = duplex(64 * 1024);
     let connector = TlsConnector::from(client).early_data(true);
@@ -234,10 +239,7 @@ async fn a_client_that_never_finishes_after_early_data_is_cut_at_the_limit() {
 
 #[tokio::test]
 async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
-    let certs = Fixture::new("unanswered");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca), true).unwrap();
-    first_connection(&server, &client).await;
+    let (_certs, _server, client) = resumable("unanswered").await;
 
     // A peer that takes the ClientHello and never answers.
     let (a, _silent) = duplex(64 * 1024);
@@ -252,9 +254,7 @@ async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
 
 #[tokio::test]
 async fn bulk_both_ways_and_close_notify_end_the_stream_cleanly() {
-    let certs = Fixture::new("bulk");
-    let server = outer_server_config(certs.server.clone(), true).unwrap();
-    let client = outer_client_config(Some(&certs.ca), true).unwrap();
+    let (_certs, server, client) = configs("bulk");
     // A pipe smaller than one direction's data: both sides wait on it.
     let (a, b) = duplex(16 * 1024);
     let connector = TlsConnector::from(client);
