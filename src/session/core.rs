@@ -22,14 +22,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::carrier::Carrier;
 use super::frame::{self, Frame, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL};
 use super::handshake::{ResumeKey, ResumeResponse, SessionId};
 use super::limits::{Budget, Refusal};
-use super::out::Out;
 use super::replay::Replay;
 use super::wake::{Side, Wakers};
 use super::{Config, Phase, Stats};
@@ -38,7 +37,7 @@ mod app;
 mod handle;
 mod link;
 
-use link::{flushed, linger};
+use link::{flushed, linger, Link};
 
 /// An accepted resume made with `accept_resume_with`: the signed answer,
 /// and `None` if the carrier could not be made, else the carrier replaced.
@@ -65,37 +64,6 @@ pub(crate) struct Shared {
     phase: watch::Sender<Phase>,
     /// Told when the id becomes known (a client learns it from the `200`).
     id_known: tokio::sync::Notify,
-}
-
-/// The current carrier and what has been sent on it.
-struct Link {
-    io: Box<dyn Carrier>,
-    rbuf: BytesMut,
-    out: Out,
-    /// Next offset to send on this carrier.
-    sent: u64,
-    fin_sent: bool,
-    close_sent: bool,
-    /// The last ACK value sent on this carrier.
-    acked_sent: Option<u64>,
-    read_idle: bool,
-    unflushed: bool,
-}
-
-impl Link {
-    fn new(io: Box<dyn Carrier>, sent: u64, fin_sent: bool, acked_sent: Option<u64>) -> Link {
-        Link {
-            io,
-            rbuf: BytesMut::new(),
-            out: Out::default(),
-            sent,
-            fin_sent,
-            close_sent: false,
-            acked_sent,
-            read_idle: false,
-            unflushed: false,
-        }
-    }
 }
 
 /// Why a session ended.

@@ -1,14 +1,18 @@
-//! The session's side of one carrier: reading frames from it, staging and
-//! writing frames to it, and ending it after the last frame.
+//! The session's side of one carrier: what was sent on it ([`Link`]),
+//! reading frames from it, staging and writing frames to it, and ending it
+//! after the last frame.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 use tokio_util::codec::Decoder as _;
 
-use super::{Cut, Link, State};
+use super::{Cut, State};
+use crate::session::carrier::Carrier;
 use crate::session::frame::{self, Frame, FrameCodec, CLOSE_DONE, MAX_DATA, MAX_FRAME};
+use crate::session::out::Out;
 use crate::session::replay::Replay;
 use crate::session::Config;
 use crate::transport::stream;
@@ -39,6 +43,42 @@ const SEND_DATA: usize = if MAX_DATA < stream::MAX_WRITE - 64 {
 const READ_BUDGET: usize = 2 * MAX_FRAME;
 /// Reads per poll at most, however small.
 const READS_PER_POLL: usize = 8;
+
+/// The current carrier and what has been sent on it.
+pub(super) struct Link {
+    pub(super) io: Box<dyn Carrier>,
+    pub(super) rbuf: BytesMut,
+    pub(super) out: Out,
+    /// Next offset to send on this carrier.
+    pub(super) sent: u64,
+    pub(super) fin_sent: bool,
+    pub(super) close_sent: bool,
+    /// The last ACK value sent on this carrier.
+    pub(super) acked_sent: Option<u64>,
+    pub(super) read_idle: bool,
+    pub(super) unflushed: bool,
+}
+
+impl Link {
+    pub(super) fn new(
+        io: Box<dyn Carrier>,
+        sent: u64,
+        fin_sent: bool,
+        acked_sent: Option<u64>,
+    ) -> Link {
+        Link {
+            io,
+            rbuf: BytesMut::new(),
+            out: Out::default(),
+            sent,
+            fin_sent,
+            close_sent: false,
+            acked_sent,
+            read_idle: false,
+            unflushed: false,
+        }
+    }
+}
 
 impl State {
     pub(super) fn pump_read(
