@@ -15,6 +15,7 @@ mod caddy;
 mod cli;
 mod doctor;
 mod faults;
+mod haproxy;
 mod hardening;
 mod http;
 mod identity;

@@ -9,29 +9,15 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use super::{Pki, TempDir, LIMIT};
+use super::{peer, Pki, TempDir, LIMIT};
 
 /// True when `caddy` runs; otherwise prints a loud skip notice for `test`.
 pub fn installed(test: &str) -> bool {
-    let ok = std::process::Command::new("caddy")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "SKIPPED: caddy not installed; {test} did not run (CI installs it via .ci/run; \
-             locally: apt-get install caddy)"
-        );
-    }
-    ok
+    peer::installed("caddy", "version", "caddy", test)
 }
 
 /// Extra settings for one Caddy instance.
@@ -135,24 +121,11 @@ impl Caddy {
         caddy
     }
 
-    /// Polls until Caddy accepts connections (or fails the test with its log).
+    /// Waits until Caddy accepts connections (or fails the test with its log).
     async fn wait_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("caddy exited early ({status}):\n{}", self.log());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "caddy did not start listening on {}:\n{}",
-                self.port,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (port, dir) = (self.port, &self.dir);
+        let log = || std::fs::read_to_string(dir.path("caddy.log")).unwrap_or_default();
+        peer::wait_listening(&mut self.child, "caddy", port, log).await;
     }
 
     /// The client's `--url` for this front end.

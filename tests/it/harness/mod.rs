@@ -5,7 +5,10 @@
 pub mod api;
 pub mod caddy;
 pub mod child;
+pub mod early_watch;
+pub mod haproxy;
 pub mod hooks;
+pub mod peer;
 pub mod rawh2;
 mod stack;
 mod trust;
