@@ -246,6 +246,11 @@ fn hint(status: StatusCode) -> &'static str {
         401 | 403 => " (missing or rejected ID token / IAM permission?)",
         404 => " (wrong --path, or no Postern server at this URL?)",
         405 => " (the server does not accept tunnels with this method)",
+        // RFC 8470: a front end that takes 0-RTT data but will not act on
+        // this request before the handshake ends (`postern server` never
+        // answers it). With inner TLS the application's bytes are still
+        // unread: the handshake they wait for never started.
+        425 => " (the front end will not take this request as TLS early data; try --no-early-data)",
         429 | 503 => " (server overloaded or draining; retry)",
         502 => " (server could not reach its backend)",
         _ => "",
@@ -476,5 +481,27 @@ impl AsyncWrite for H2Stream {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_status_and_what_to_try() {
+        let text = |code| {
+            Refused {
+                status: StatusCode::from_u16(code).unwrap(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            text(425),
+            "tunnel refused: HTTP 425 Too Early (the front end will not take this request \
+             as TLS early data; try --no-early-data)"
+        );
+        assert!(text(404).contains("wrong --path"), "{}", text(404));
+        assert_eq!(text(418), "tunnel refused: HTTP 418 I'm a teapot");
     }
 }
