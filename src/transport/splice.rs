@@ -189,6 +189,99 @@ mod tests {
         );
     }
 
+    /// Records the size of every read that returned bytes.
+    struct Reads<R> {
+        inner: R,
+        sizes: Vec<usize>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Reads<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            let n = buf.filled().len() - before;
+            if n > 0 {
+                self.sizes.push(n);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Takes every write whole and records its size.
+    #[derive(Default)]
+    struct Writes(Vec<usize>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// With more than a turn's worth waiting, each poll moves one copy
+    /// buffer and wakes the task to go on (so the other tunnels of its
+    /// worker get their turn); the last poll moves the rest and, with
+    /// nothing left to read, waits without waking itself.
+    #[tokio::test]
+    async fn each_turn_moves_one_copy_buffer_and_wakes_the_task_to_go_on() {
+        let waiting = 3 * COPY_BUF + 100;
+        let (mut app, local) = tokio::io::duplex(4 * COPY_BUF);
+        app.write_all(&vec![7u8; waiting]).await.unwrap();
+        let mut local = Reads {
+            inner: local,
+            sizes: Vec::new(),
+        };
+        let mut tunnel = Writes::default();
+        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::Relaxed);
+        let mut pump = Pump::default();
+        for turn in 1..=3 {
+            assert!(pump.poll(&mut cx, &mut local, &mut tunnel).is_pending());
+            assert_eq!(tunnel.0.iter().sum::<usize>(), turn * COPY_BUF);
+            assert_eq!(
+                woken(),
+                turn,
+                "a turn that stops for its share wakes the task"
+            );
+        }
+        assert!(pump.poll(&mut cx, &mut local, &mut tunnel).is_pending());
+        assert_eq!(tunnel.0, [COPY_BUF, COPY_BUF, COPY_BUF, 100]);
+        assert_eq!(local.sizes, [COPY_BUF, COPY_BUF, COPY_BUF, 100]);
+        assert_eq!(
+            woken(),
+            3,
+            "waiting for input, the pump does not wake itself"
+        );
+        assert_eq!(pump.moved, waiting as u64);
+    }
+
     #[tokio::test]
     async fn splice_reports_a_failing_side_with_the_bytes_moved_so_far() {
         let (mut app, mut a) = tokio::io::duplex(4096);
