@@ -276,7 +276,7 @@ async fn a_restarted_server_makes_the_client_close_the_connection_and_say_why() 
         .await
         .expect("the local connection was closed promptly");
     assert!(matches!(end, Ok(0) | Err(_)), "closed, not data: {end:?}");
-    let why = client.log_lines("does not know this session");
+    let why = client.wait_log_lines("does not know this session").await;
     assert!(
         !why.is_empty(),
         "a log line says why: {:?}",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use super::{server_flags, strs, Pki};
+use super::{server_flags, strs, Pki, LIMIT};
 
 /// A running `postern` subcommand; killed on drop.
 pub struct Proc {
@@ -144,6 +144,20 @@ impl Proc {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
             .count()
+    }
+
+    /// Log lines containing `needle`, once there is one (or after
+    /// [`LIMIT`], empty): a line may be logged just after the effect a test
+    /// saw, and the log is read on another thread.
+    pub async fn wait_log_lines(&self, needle: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let lines = self.log_lines(needle);
+            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Log lines containing `needle`.
