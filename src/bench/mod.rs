@@ -47,8 +47,8 @@ pub enum Scenario {
     /// cut to data flowing again, and the slowest echo while the session
     /// moves to fresh requests.
     Resume,
-    /// RSS per idle tunnel in each process (last: it leaves thousands of
-    /// tunnels closing).
+    /// RSS per idle tunnel in each process, in a client and server started
+    /// for it (last: it leaves thousands of tunnels closing).
     Memory,
 }
 

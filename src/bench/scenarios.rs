@@ -405,7 +405,14 @@ async fn memory(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     const BATCH: usize = 64;
     // This process holds two sockets per tunnel (app and backend side).
     let fit = (env.fd_limit.saturating_sub(256) / 2) as usize;
-    let base = (env.client.rss_kib()?, env.server.rss_kib()?);
+    // A pair of its own: the main pair's heap still holds what the bulk
+    // scenarios freed, which idle tunnels reuse, or which the allocator
+    // returns meanwhile (RSS fell while 1000 tunnels opened in one run), so
+    // its figure depended on the scenarios before it.
+    let server = Proc::server(&env.pki, env.backend).await?;
+    let client = Proc::client("client-memory", &env.pki, server.addr.port(), &[]).await?;
+    traffic::quick_exchange(client.addr).await?;
+    let base = (client.rss_kib()?, server.rss_kib()?);
     let mut held: Vec<TcpStream> = Vec::new();
     for &wanted in &env.sizes.idle {
         let target = wanted.min(fit);
@@ -419,7 +426,7 @@ async fn memory(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             let k = BATCH.min(target - held.len());
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..k {
-                set.spawn(traffic::connect(env.client.addr));
+                set.spawn(traffic::connect(client.addr));
             }
             while let Some(r) = set.join_next().await {
                 let (sock, _) = r?.with_context(|| format!("idle tunnel {}", held.len() + 1))?;
@@ -427,7 +434,7 @@ async fn memory(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             }
         }
         eprintln!("    {target} idle tunnels open");
-        let now = (env.client.rss_kib()?, env.server.rss_kib()?);
+        let now = (client.rss_kib()?, server.rss_kib()?);
         for (who, b, n) in [("client", base.0, now.0), ("server", base.1, now.1)] {
             report.add(Row {
                 scenario: "memory",
