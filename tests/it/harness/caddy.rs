@@ -8,7 +8,6 @@
 //! and skip (loudly) when the `caddy` binary is missing.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -102,30 +101,15 @@ impl Caddy {
     pub async fn start_with(pki: &Pki, upstream: SocketAddr, port: u16, opts: &Options) -> Caddy {
         let dir = TempDir::new("caddy");
         let config = dir.write("Caddyfile", &caddyfile(pki, port, upstream, opts, &dir));
-        let log = std::fs::File::create(dir.path("caddy.log")).expect("caddy log");
-        let child = Command::new("caddy")
-            .args(["run", "--config", &config, "--adapter", "caddyfile"])
+        let mut cmd = Command::new("caddy");
+        cmd.args(["run", "--config", &config, "--adapter", "caddyfile"])
             // Keep Caddy away from the real home directory.
             .env("HOME", &dir.0)
             .env("XDG_DATA_HOME", dir.path("data"))
             .env("XDG_CONFIG_HOME", dir.path("config"))
-            .envs(opts.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn caddy");
-        let mut caddy = Caddy { child, port, dir };
-        caddy.wait_ready().await;
-        caddy
-    }
-
-    /// Waits until Caddy accepts connections (or fails the test with its log).
-    async fn wait_ready(&mut self) {
-        let (port, dir) = (self.port, &self.dir);
-        let log = || std::fs::read_to_string(dir.path("caddy.log")).unwrap_or_default();
-        peer::wait_listening(&mut self.child, "caddy", port, log).await;
+            .envs(opts.env.iter().cloned());
+        let child = peer::start("caddy", &mut cmd, &dir.path("caddy.log"), port).await;
+        Caddy { child, port, dir }
     }
 
     /// The client's `--url` for this front end.

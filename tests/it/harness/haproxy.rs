@@ -9,7 +9,6 @@
 //! can see what the front end took; the secret itself is never logged.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
@@ -77,18 +76,10 @@ impl HAProxy {
         let pem = dir.write("front.pem", &format!("{chain}{key}"));
         let port = free_port().await;
         let cfg = dir.write("haproxy.cfg", &config(port, &pem, upstream));
-        let log = std::fs::File::create(dir.path("haproxy.log")).expect("haproxy log");
-        let mut child = Command::new("haproxy")
-            // -db: stay in the foreground, logging to stderr.
-            .args(["-db", "-f", &cfg])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn haproxy");
-        let text = || std::fs::read_to_string(dir.path("haproxy.log")).unwrap_or_default();
-        peer::wait_listening(&mut child, "haproxy", port, text).await;
+        // -db: stay in the foreground, logging to stderr.
+        let mut cmd = Command::new("haproxy");
+        cmd.args(["-db", "-f", &cfg]);
+        let child = peer::start("haproxy", &mut cmd, &dir.path("haproxy.log"), port).await;
         HAProxy {
             _child: child,
             port,
