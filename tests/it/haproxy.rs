@@ -8,8 +8,6 @@ use std::time::Duration;
 use crate::harness::early_watch::EarlyWatch;
 use crate::harness::haproxy::{self, HAProxy, Logged};
 use crate::harness::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// A first tunnel held open, then a second on a connection of its own (one
@@ -27,16 +25,9 @@ async fn two_connections(client_extra: &[&str], hold: Option<usize>) -> (Vec<Log
     let front = HAProxy::start(&pki, server).await;
     let watch = EarlyWatch::start(([127, 0, 0, 1], front.port).into(), hold).await;
     let url = format!("https://localhost:{}/", watch.addr.port());
-    let ca = pki.p("ca.pem");
-    let mut extra = vec!["--tls-ca", &ca, "--max-streams-per-connection", "1"];
-    extra.extend_from_slice(client_extra);
-    let client = start_client(&url, &strs(&client_flags(&pki, &extra)), &shutdown).await;
+    let client = start_client_one_stream_each(&pki, &url, client_extra, &shutdown).await;
 
-    let mut held = TcpStream::connect(client).await.unwrap();
-    held.write_all(b"first").await.unwrap();
-    let mut echo = [0u8; 5];
-    held.read_exact(&mut echo).await.unwrap();
-    assert_eq!(&echo, b"first");
+    let held = open_echo(client, 1).await;
     let bulk = random_bytes(4 << 20, 3);
     let back = round_trip(client, &bulk)
         .await

@@ -285,17 +285,10 @@ async fn second_connection(server_extra: &[&str], client_extra: &[&str]) -> (f64
     let mut server = Server::start(&strs(&flags), &shutdown).await;
     let metrics = server.config.metrics_addr.expect("metrics listener");
     let url = format!("https://localhost:{}/", server.addr.port());
-    let ca = pki.p("ca.pem");
-    let mut extra = vec!["--tls-ca", &ca, "--max-streams-per-connection", "1"];
-    extra.extend_from_slice(client_extra);
-    let client = start_client(&url, &strs(&client_flags(&pki, &extra)), &shutdown).await;
+    let client = start_client_one_stream_each(&pki, &url, client_extra, &shutdown).await;
 
     // The first tunnel stays open, so the second needs a connection of its own.
-    let mut held = TcpStream::connect(client).await.unwrap();
-    held.write_all(b"first").await.unwrap();
-    let mut echo = [0u8; 5];
-    held.read_exact(&mut echo).await.unwrap();
-    assert_eq!(&echo, b"first");
+    let held = open_echo(client, 1).await;
     let bulk = random_bytes(4 << 20, 2);
     let back = round_trip(client, &bulk).await.unwrap();
     assert_eq!(sha256(&back), sha256(&bulk));

@@ -164,6 +164,21 @@ pub async fn start_client(
     start_client_with_pool(url, client_flags, shutdown).await.0
 }
 
+/// Starts `postern client` for an `https://` `url` whose front end has the
+/// PKI's `front` certificate, one stream per connection (so a tunnel opened
+/// while another is open dials a connection of its own), plus `extra`.
+pub async fn start_client_one_stream_each(
+    pki: &Pki,
+    url: &str,
+    extra: &[&str],
+    shutdown: &CancellationToken,
+) -> SocketAddr {
+    let ca = pki.p("ca.pem");
+    let mut flags = vec!["--tls-ca", &ca, "--max-streams-per-connection", "1"];
+    flags.extend_from_slice(extra);
+    start_client(url, &strs(&client_flags(pki, &flags)), shutdown).await
+}
+
 /// Like [`start_client`], keeping a handle on the forward (and so its pool).
 pub async fn start_client_with_pool(
     url: &str,
