@@ -1,5 +1,6 @@
 //! The byte path of an established tunnel: a bidirectional copy that honours
-//! half-close in each direction, counts bytes, and says how it ended.
+//! half-close in each direction, counts bytes, and says how it ended; a
+//! bulk copy takes turns, on its worker and on the CPU.
 
 use std::io;
 use std::pin::Pin;
