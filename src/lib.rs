@@ -26,9 +26,9 @@
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
 //!   reads, so a session's payloads pass uncopied), `settings` (the one
 //!   place for windows, frame and header sizes), `splice` (the
-//!   bidirectional copy and its counts, in turns that yield to the worker's
-//!   other tasks and offer the CPU to other threads), `accept` (the one accept loop),
-//!   `workers` (single-threaded runtimes; a connection and all it carries
+//!   bidirectional copy and its counts, in turns that yield to the
+//!   worker's other tasks and offer the CPU to other threads), `accept`
+//!   (the one accept loop), `workers` (single-threaded runtimes; a connection and all it carries
 //!   stay on one), `socket` (options of the outer TCP sockets).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded

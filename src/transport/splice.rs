@@ -197,7 +197,7 @@ mod tests {
 
     thread_local! {
         /// How often this thread's pumps offered the CPU (`offer_cpu`).
-        pub(super) static OFFERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        pub(super) static OFFERS: Cell<usize> = const { Cell::new(0) };
     }
 
     /// Data both ways through small pipes (so writes wait and the buffer is
