@@ -45,19 +45,6 @@ async fn private_service(
     format!("https://localhost:{port}/")
 }
 
-async fn client_with(
-    pki: &Pki,
-    url: &str,
-    extra: &[&str],
-    shutdown: &CancellationToken,
-) -> SocketAddr {
-    let ca = pki.p("ca.pem");
-    let mut flags = vec!["--tls-ca", ca.as_str()];
-    flags.extend_from_slice(extra);
-    let flags = client_flags(pki, &flags);
-    start_client(url, &strs(&flags), shutdown).await
-}
-
 #[tokio::test]
 async fn token_from_a_command_is_fetched_once_for_many_tunnels() {
     let pki = Pki::new();
@@ -74,7 +61,7 @@ async fn token_from_a_command_is_fetched_once_for_many_tunnels() {
         ),
     );
     let source = format!("command=sh {script}");
-    let client = client_with(&pki, &url, &["--id-token", &source], &shutdown).await;
+    let client = start_client_trusting_front(&pki, &url, &["--id-token", &source], &shutdown).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
         tasks.spawn(async move { read_all(client).await });
@@ -152,7 +139,7 @@ async fn token_from_the_metadata_server_is_refreshed_near_expiry() {
     let (meta, audiences, served) = fake_metadata(vec![short.clone(), long.clone()]).await;
     let url = private_service(&pki, backend.addr, vec![short, long], &shutdown).await;
     let source = format!("metadata={meta}");
-    let client = client_with(
+    let client = start_client_trusting_front(
         &pki,
         &url,
         &[
@@ -184,7 +171,7 @@ async fn failing_token_command_refuses_the_tunnel_without_hanging() {
     let backend = TestBackend::start(Backend::Banner).await;
     let shutdown = CancellationToken::new();
     let url = private_service(&pki, backend.addr, vec!["never".into()], &shutdown).await;
-    let client = client_with(
+    let client = start_client_trusting_front(
         &pki,
         &url,
         &["--id-token", "command=echo no credentials >&2; exit 3"],
@@ -208,8 +195,9 @@ async fn wrong_or_missing_token_is_refused_by_the_front_end() {
     let url = private_service(&pki, backend.addr, vec![jwt("a", 3600, "right")], &shutdown).await;
     let wrong = pki.dir.write("wrong-token", &jwt("a", 3600, "wrong"));
     let source = format!("file={wrong}");
-    let with_wrong = client_with(&pki, &url, &["--id-token", &source], &shutdown).await;
-    let without = client_with(&pki, &url, &[], &shutdown).await;
+    let with_wrong =
+        start_client_trusting_front(&pki, &url, &["--id-token", &source], &shutdown).await;
+    let without = start_client_trusting_front(&pki, &url, &[], &shutdown).await;
     for client in [with_wrong, without] {
         let got = read_all(client).await;
         assert!(

@@ -173,8 +173,21 @@ pub async fn start_client_one_stream_each(
     extra: &[&str],
     shutdown: &CancellationToken,
 ) -> SocketAddr {
+    let mut flags = vec!["--max-streams-per-connection", "1"];
+    flags.extend_from_slice(extra);
+    start_client_trusting_front(pki, url, &flags, shutdown).await
+}
+
+/// Starts `postern client` for an `https://` `url` whose front end has the
+/// PKI's `front` certificate (`--tls-ca`), plus `extra`.
+pub async fn start_client_trusting_front(
+    pki: &Pki,
+    url: &str,
+    extra: &[&str],
+    shutdown: &CancellationToken,
+) -> SocketAddr {
     let ca = pki.p("ca.pem");
-    let mut flags = vec!["--tls-ca", &ca, "--max-streams-per-connection", "1"];
+    let mut flags = vec!["--tls-ca", ca.as_str()];
     flags.extend_from_slice(extra);
     start_client(url, &strs(&client_flags(pki, &flags)), shutdown).await
 }
