@@ -8,6 +8,7 @@
 // The benchmark's driver writes its report once, after the measurements.
 #![allow(clippy::disallowed_methods)]
 
+mod floor;
 mod procs;
 mod relay;
 mod report;

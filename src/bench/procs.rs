@@ -7,7 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -183,8 +183,13 @@ const TICKS: f64 = 100.0;
 
 /// utime + stime of `pid` from /proc/PID/stat, in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    cpu_seconds_of(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime from a process's or a thread's `stat` file, in seconds.
+pub fn cpu_seconds_of(path: &Path) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let path = path.display();
     // The command name may hold spaces; fields are counted after its ')'.
     let rest = stat
         .rsplit_once(')')

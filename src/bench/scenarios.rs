@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::floor::{self, Meter};
 use super::procs::{Pki, Proc};
 use super::report::{quantile, Report, Row};
 use super::{relay, traffic, Scenario, Sizes};
@@ -23,6 +24,8 @@ mod resume;
 struct Env<'a> {
     pki: Pki,
     backend: SocketAddr,
+    /// Two plain TCP relays in a row in front of the backend: the floor.
+    floor: (SocketAddr, Meter),
     server: Proc,
     client: Proc,
     rtt: Duration,
@@ -55,12 +58,14 @@ pub async fn run_all(
     eprintln!("postern bench: starting backend, postern server and postern client");
     let pki = Pki::new().context("issuing certificates")?;
     let backend = traffic::spawn_backend(stop.clone()).await?;
+    let floor = floor::spawn_pair(backend, stop.clone()).context("starting the plain relays")?;
     let server = Proc::server(&pki, backend).await?;
     let flags: Vec<&str> = sizes.client_flags.iter().map(String::as_str).collect();
     let client = Proc::client("client", &pki, server.addr.port(), &flags).await?;
     let env = Env {
         pki,
         backend,
+        floor,
         server,
         client,
         rtt,
@@ -118,6 +123,7 @@ fn throughput_row(scenario: &'static str, metric: &str, p: f64, b: f64) -> Row {
 
 async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = env.sizes.bulk;
+    let (floor, relays) = &env.floor;
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
         let cpu0 = env.cpu()?;
@@ -128,11 +134,34 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         let b = transfer(env.backend, n, up)
             .await
             .with_context(|| format!("{dir} over raw TCP"))?;
+        let relays0 = relays.cpu_seconds()?;
+        let f = transfer(*floor, n, up)
+            .await
+            .with_context(|| format!("{dir} through the plain relays"))?;
+        let floor_cpu = relays.cpu_seconds()? - relays0;
         let metric = format!("{dir} {} MiB, verified", n >> 20);
         report.add(throughput_row("bulk", &metric, mbps(n, t), mbps(n, b)));
-        report.add(cpu_row("bulk", dir, cpu, n, t));
+        let mut row = cpu_row("bulk", dir, cpu, n, t);
+        let floor_per_gb = per_gb(floor_cpu, n);
+        row.baseline = Some(floor_per_gb);
+        let ratio = match row.postern {
+            // Small transfers can take the relays less than a clock tick.
+            Some(p) if floor_per_gb > 0.0 => format!("{:.2}x their CPU", p / floor_per_gb),
+            _ => "their CPU under a clock tick".into(),
+        };
+        row.note = format!(
+            "{}; raw: two plain relays, {:.0} MB/s; {ratio}",
+            row.note,
+            mbps(n, f)
+        );
+        report.add(row);
     }
     Ok(())
+}
+
+/// CPU seconds per GB for `cpu` seconds spent on `bytes`.
+fn per_gb(cpu: f64, bytes: u64) -> f64 {
+    cpu / (bytes as f64 / 1e9).max(1e-9)
 }
 
 /// CPU seconds per GB of client and server for `bytes` moved in `t`.
@@ -141,7 +170,7 @@ fn cpu_row(scenario: &'static str, what: &str, cpu: f64, bytes: u64, t: Duration
         scenario,
         metric: format!("{what} CPU, client + server"),
         unit: "s/GB",
-        postern: Some(cpu / (bytes as f64 / 1e9).max(1e-9)),
+        postern: Some(per_gb(cpu, bytes)),
         baseline: None,
         note: format!("{:.0}% of a core", 100.0 * cpu / t.as_secs_f64()),
     }
@@ -156,20 +185,51 @@ async fn transfer(addr: SocketAddr, n: u64, up: bool) -> std::io::Result<Duratio
 }
 
 async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
-    let p = traffic::ping_pong(env.client.addr, env.sizes.pings).await;
-    let b = traffic::ping_pong(env.backend, env.sizes.pings).await;
+    let pings = env.sizes.pings;
+    let (floor, relays) = &env.floor;
+    let cpu0 = env.cpu()?;
+    let p = traffic::ping_pong(env.client.addr, pings).await;
+    let cpu = env.cpu()? - cpu0;
+    let b = traffic::ping_pong(env.backend, pings).await;
+    let relays0 = relays.cpu_seconds()?;
+    let f = traffic::ping_pong(*floor, pings).await;
+    let floor_cpu = relays.cpu_seconds()? - relays0;
     let (mut p, mut b) = (p.context("ping-pong")?, b.context("ping-pong")?);
+    let mut f = f.context("ping-pong through the plain relays")?;
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-        let (pq, bq) = (quantile(&mut p, q), quantile(&mut b, q));
+        let (pq, bq, fq) = (
+            quantile(&mut p, q),
+            quantile(&mut b, q),
+            quantile(&mut f, q),
+        );
         report.add(Row {
             scenario: "latency",
             metric: format!("1-byte round trip {name}, idle"),
             unit: "µs",
             postern: Some(pq),
             baseline: Some(bq),
-            note: format!("+{:.0} µs", pq - bq),
+            note: format!("{:+.0} µs", pq - bq),
+        });
+        report.add(Row {
+            scenario: "latency",
+            metric: format!("1-byte round trip {name}, idle, raw: 2 relays"),
+            unit: "µs",
+            postern: Some(pq),
+            baseline: Some(fq),
+            note: format!("{:+.0} µs over two plain relays", pq - fq),
         });
     }
+    // Ticks of 10 ms over a few hundred milliseconds: a coarse figure in
+    // `--quick` runs.
+    let per_trip = |cpu: f64| 1e6 * cpu / pings.max(1) as f64;
+    report.add(Row {
+        scenario: "latency",
+        metric: "CPU per idle round trip, client + server".into(),
+        unit: "µs",
+        postern: Some(per_trip(cpu)),
+        baseline: Some(per_trip(floor_cpu)),
+        note: "raw: the two plain relays".into(),
+    });
     Ok(())
 }
 

@@ -32,7 +32,14 @@ fn bench_bulk_writes_positive_figures() {
         let baseline = row["baseline"].as_f64().unwrap();
         assert!(postern > 0.0 && baseline > 0.0, "{row}");
     }
-    let cpu = rows.iter().filter(|r| r["unit"] == "s/GB").count();
-    assert_eq!(cpu, 2, "CPU rows: {rows:?}");
+    let cpu: Vec<_> = rows.iter().filter(|r| r["unit"] == "s/GB").collect();
+    assert_eq!(cpu.len(), 2, "CPU rows: {rows:?}");
+    for row in cpu {
+        // Beside Postern's CPU, the two plain relays' as the baseline (8 MiB
+        // may take either less than a clock tick, hence not > 0).
+        let postern = row["postern"].as_f64().unwrap();
+        let floor = row["baseline"].as_f64().unwrap();
+        assert!(postern >= 0.0 && floor >= 0.0, "{row}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{Env, Proc, Report, Row};
+use super::{per_gb, Env, Proc, Report, Row};
 use crate::bench::report::quantile;
 use crate::bench::traffic;
 
@@ -154,6 +154,6 @@ async fn measure(
         pings: samples,
         share: 100.0 * rate / alone_rate.max(1.0),
         rate,
-        cpu_per_gb: cpu / (bytes as f64 / 1e9).max(1e-9),
+        cpu_per_gb: per_gb(cpu, bytes),
     })
 }

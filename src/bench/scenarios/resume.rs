@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{mbps, throughput_row, transfer, Env, Proc, Report, Row};
+use super::{mbps, per_gb, throughput_row, transfer, Env, Proc, Report, Row};
 use crate::bench::report::quantile;
 use crate::bench::{relay, traffic};
 
@@ -43,7 +43,6 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     .await?;
     traffic::quick_exchange(off.addr).await?;
     let off_cpu = || -> anyhow::Result<f64> { Ok(off.cpu_seconds()? + env.server.cpu_seconds()?) };
-    let per_gb = |seconds: f64| seconds / (n as f64 / 1e9);
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
         let cpu0 = env.cpu()?;
@@ -65,8 +64,8 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         row.note = format!(
             "{:+.1}% vs off; {:.2} vs {:.2} CPU-s/GB",
             100.0 * (plain.as_secs_f64() / on.as_secs_f64() - 1.0),
-            per_gb(on_cpu),
-            per_gb(plain_cpu),
+            per_gb(on_cpu, n),
+            per_gb(plain_cpu, n),
         );
         report.add(row);
     }
