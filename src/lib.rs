@@ -70,7 +70,8 @@
 //!   `resume` — a session moved through the front end), [`demo`] (the whole
 //!   path on loopback, with `front`, the TLS-terminating front end standing
 //!   in for Cloud Run), [`mod@bench`] (the benchmark: `procs`, `relay` (the
-//!   delay relay, which can also cut its connections), `traffic`,
+//!   delay relay, which can also cut its connections), `floor` (two plain
+//!   TCP relays, the floor under the CPU and idle rows), `traffic`,
 //!   `scenarios/` with `beside` and `resume`, `report`).
 //! - [`logging`]: human or Cloud Logging JSON lines, trace headers.
 //! - [`signal`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
