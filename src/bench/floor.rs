@@ -12,15 +12,15 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
 use tokio_util::sync::CancellationToken;
 
 use super::procs::cpu_seconds_of;
+use super::relay;
 use crate::transport::splice::COPY_BUF;
 
 /// The CPU of a set of threads, those still running and those ended.
@@ -87,30 +87,10 @@ pub fn spawn_pair(
 /// One plain relay to `target`: every accepted connection is copied both
 /// ways on two threads the meter counts, half-closes passed on.
 fn spawn(target: SocketAddr, meter: &Meter, shutdown: CancellationToken) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let stopped = Arc::new(AtomicBool::new(false));
-    let stop = stopped.clone();
-    let conns = meter.clone();
-    thread::Builder::new()
-        .name("bench-floor".into())
-        .spawn(move || {
-            for sock in listener.incoming() {
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                if let Ok(sock) = sock {
-                    let _ = connection(sock, target, &conns);
-                }
-            }
-        })?;
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        stopped.store(true, Ordering::Release);
-        // Wakes the accepting thread so that it sees the flag.
-        let _ = tokio::net::TcpStream::connect(addr).await;
-    });
-    Ok(addr)
+    let meter = meter.clone();
+    relay::accept_on_thread("bench-floor", shutdown, move |sock| {
+        let _ = connection(sock, target, &meter);
+    })
 }
 
 fn connection(inbound: TcpStream, target: SocketAddr, meter: &Meter) -> io::Result<()> {
@@ -149,6 +129,8 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+
     use super::*;
 
     /// Bytes go through both relays unchanged in both directions, half-closes

@@ -70,32 +70,44 @@ pub async fn spawn_cuttable(
 ) -> io::Result<(SocketAddr, Cutter)> {
     let cutter = Cutter::default();
     let kept = cutter.clone();
+    let addr = accept_on_thread("bench-relay", shutdown, move |sock| {
+        let kept = kept.clone();
+        let _ = thread::Builder::new()
+            .name("bench-relay-conn".into())
+            .spawn(move || connection(sock, target, rtt, &kept));
+    })?;
+    Ok((addr, cutter))
+}
+
+/// Listens on an ephemeral loopback port and hands each accepted socket to
+/// `serve` on a plain thread named `name`, until `shutdown` fires; returns
+/// the address.
+pub fn accept_on_thread(
+    name: &str,
+    shutdown: CancellationToken,
+    mut serve: impl FnMut(TcpStream) + Send + 'static,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let stopped = Arc::new(AtomicBool::new(false));
     let stop = stopped.clone();
-    thread::Builder::new()
-        .name("bench-relay".into())
-        .spawn(move || {
-            for sock in listener.incoming() {
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                if let Ok(sock) = sock {
-                    let kept = kept.clone();
-                    let _ = thread::Builder::new()
-                        .name("bench-relay-conn".into())
-                        .spawn(move || connection(sock, target, rtt, &kept));
-                }
+    thread::Builder::new().name(name.into()).spawn(move || {
+        for sock in listener.incoming() {
+            if stop.load(Ordering::Acquire) {
+                return;
             }
-        })?;
+            if let Ok(sock) = sock {
+                serve(sock);
+            }
+        }
+    })?;
     tokio::spawn(async move {
         shutdown.cancelled().await;
         stopped.store(true, Ordering::Release);
         // Wakes the accepting thread so that it sees the flag.
         let _ = tokio::net::TcpStream::connect(addr).await;
     });
-    Ok((addr, cutter))
+    Ok(addr)
 }
 
 fn connection(
