@@ -38,7 +38,7 @@ struct Threads {
 impl Meter {
     /// User + system CPU seconds of every thread counted so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let threads = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let threads = self.lock();
         let mut total = threads.ended;
         for stat in &threads.live {
             total += cpu_seconds_of(stat)?;
@@ -79,14 +79,18 @@ pub fn spawn_pair(
     shutdown: CancellationToken,
 ) -> io::Result<(SocketAddr, Meter)> {
     let meter = Meter::default();
-    let second = spawn(target, &meter, shutdown.clone())?;
-    let first = spawn(second, &meter, shutdown)?;
+    let second = spawn_relay(target, &meter, shutdown.clone())?;
+    let first = spawn_relay(second, &meter, shutdown)?;
     Ok((first, meter))
 }
 
 /// One plain relay to `target`: every accepted connection is copied both
 /// ways on two threads the meter counts, half-closes passed on.
-fn spawn(target: SocketAddr, meter: &Meter, shutdown: CancellationToken) -> io::Result<SocketAddr> {
+fn spawn_relay(
+    target: SocketAddr,
+    meter: &Meter,
+    shutdown: CancellationToken,
+) -> io::Result<SocketAddr> {
     let meter = meter.clone();
     relay::accept_on_thread("bench-floor", shutdown, move |sock| {
         let _ = connection(sock, target, &meter);

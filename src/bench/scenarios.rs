@@ -121,6 +121,19 @@ fn throughput_row(scenario: &'static str, metric: &str, p: f64, b: f64) -> Row {
     }
 }
 
+/// A round-trip row in µs: Postern's `p` against `b`, the difference noted
+/// with `over` after it (what `b` was, where not raw TCP).
+fn round_trip_row(scenario: &'static str, metric: String, p: f64, b: f64, over: &str) -> Row {
+    Row {
+        scenario,
+        metric,
+        unit: "µs",
+        postern: Some(p),
+        baseline: Some(b),
+        note: format!("{:+.0} µs{over}", p - b),
+    }
+}
+
 async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = env.sizes.bulk;
     let (floor, relays) = &env.floor;
@@ -202,22 +215,16 @@ async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             quantile(&mut b, q),
             quantile(&mut f, q),
         );
-        report.add(Row {
-            scenario: "latency",
-            metric: format!("1-byte round trip {name}, idle"),
-            unit: "µs",
-            postern: Some(pq),
-            baseline: Some(bq),
-            note: format!("{:+.0} µs", pq - bq),
-        });
-        report.add(Row {
-            scenario: "latency",
-            metric: format!("1-byte round trip {name}, idle, raw: 2 relays"),
-            unit: "µs",
-            postern: Some(pq),
-            baseline: Some(fq),
-            note: format!("{:+.0} µs over two plain relays", pq - fq),
-        });
+        let metric = format!("1-byte round trip {name}, idle");
+        report.add(round_trip_row("latency", metric.clone(), pq, bq, ""));
+        let metric = format!("{metric}, raw: 2 relays");
+        report.add(round_trip_row(
+            "latency",
+            metric,
+            pq,
+            fq,
+            " over two plain relays",
+        ));
     }
     // Ticks of 10 ms over a few hundred milliseconds: a coarse figure in
     // `--quick` runs.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{per_gb, Env, Proc, Report, Row};
+use super::{per_gb, round_trip_row, Env, Proc, Report, Row};
 use crate::bench::report::quantile;
 use crate::bench::traffic;
 
@@ -91,14 +91,8 @@ async fn place(
             .with_context(|| format!("beside a bulk {dir} over raw TCP"))?;
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
             let (pq, bq) = (quantile(&mut p.pings, q), quantile(&mut b.pings, q));
-            report.add(Row {
-                scenario: "beside",
-                metric: format!("1-byte round trip {name}, bulk {dir}, {label}"),
-                unit: "µs",
-                postern: Some(pq),
-                baseline: Some(bq),
-                note: format!("+{:.0} µs", pq - bq),
-            });
+            let metric = format!("1-byte round trip {name}, bulk {dir}, {label}");
+            report.add(round_trip_row("beside", metric, pq, bq, ""));
         }
         report.add(Row {
             scenario: "beside",
