@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -234,21 +234,10 @@ impl Keeper<'_> {
             Ok(a) => a,
             Err(e) => return Attempt::Fatal(format!("the server's resume answer: {e}")),
         };
+        // A stream still up (a move) is ended by the session: our
+        // END_STREAM, then the server's last frames and its END_STREAM.
         match self.handle.complete_resume(stream, &request, &answer) {
-            Ok(old) => {
-                if let Some(mut old) = old {
-                    // End the old stream cleanly: our END_STREAM, then the
-                    // server's, so no front end sees a reset.
-                    tokio::spawn(async move {
-                        let _ = old.shutdown().await;
-                        let mut sink = [0u8; 1024];
-                        let drain =
-                            async { while matches!(old.read(&mut sink).await, Ok(n) if n > 0) {} };
-                        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-                    });
-                }
-                Attempt::Resumed
-            }
+            Ok(_) => Attempt::Resumed,
             Err(refusal) => Attempt::Fatal(format!("the server's resume answer: {refusal}")),
         }
     }

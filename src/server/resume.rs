@@ -10,7 +10,6 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use crate::server::config::Config;
@@ -44,16 +43,11 @@ pub(crate) fn resume(req: Request<RecvStream>, mut respond: SendResponse<Bytes>,
         Some(H2Stream::server(send, body.take()?))
     });
     match answered {
-        Ok((_, Some(old))) => {
+        Ok((_, Some(moved))) => {
+            // A carrier still up (a move) is read to its end by the session
+            // and ended after the client's END_STREAM.
             metrics.resumed(true, "ok");
-            info!(session = %request.id, generation = request.generation + 1, "session resumed");
-            if let Some(mut old) = old {
-                // The old carrier carries nothing more: end it cleanly, so a
-                // front end does not report the request as failed.
-                tokio::spawn(async move {
-                    let _ = old.shutdown().await;
-                });
-            }
+            info!(session = %request.id, generation = request.generation + 1, moved, "session resumed");
         }
         Ok((_, None)) => debug!(session = %request.id, "resume stream gone before its answer"),
         Err(refusal) => {

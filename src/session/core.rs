@@ -37,11 +37,12 @@ mod app;
 mod handle;
 mod link;
 
-use link::{flushed, linger, Link};
+use link::{flushed, linger, Link, Retired};
 
 /// An accepted resume made with `accept_resume_with`: the signed answer,
-/// and `None` if the carrier could not be made, else the carrier replaced.
-pub type Accepted = (ResumeResponse, Option<Option<Box<dyn Carrier>>>);
+/// and `None` if the carrier could not be made, else whether it replaced a
+/// carrier that was still up (which the session now reads to its end).
+pub type Accepted = (ResumeResponse, Option<bool>);
 
 /// The application's side of a session.
 pub struct Session {
@@ -95,6 +96,8 @@ struct State {
     id: Option<SessionId>,
     key: Option<ResumeKey>,
     link: Option<Link>,
+    /// The carrier a move replaced, read until its end.
+    retired: Option<Retired>,
     generation: u64,
     end: Option<End>,
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -180,6 +183,9 @@ impl State {
             if let (true, Some(link)) = (closed, self.link.take()) {
                 linger(link, &config.lingering);
             }
+            if let Some(old) = self.retired.take() {
+                linger(old.into_link(), &config.lingering);
+            }
             self.end = Some(end);
             self.link = None;
             self.grace = None;
@@ -200,6 +206,28 @@ impl State {
     fn drive(&mut self, shared: &Shared, cx: &mut Context<'_>, read: bool) {
         if self.end.is_some() {
             return;
+        }
+        // First what the peer sent before it knew of a move.
+        if let Some(mut old) = self.retired.take() {
+            match self.pump_retired(&mut old, &shared.config, cx) {
+                Ok(false) => self.retired = Some(old),
+                Ok(true) | Err(Cut::Lost) => {}
+                Err(Cut::Reset(code)) => {
+                    return self.finish(End::PeerReset(code), &shared.config, &shared.phase)
+                }
+                Err(Cut::Protocol(why)) => {
+                    if let Some(link) = &mut self.link {
+                        frame::put_close(link.out.ctl(), CLOSE_PROTOCOL);
+                    }
+                    return self.finish(End::Protocol(why), &shared.config, &shared.phase);
+                }
+            }
+            if self.retired.is_none() && self.link.is_none() && self.grace.is_none() {
+                // The new carrier was lost while this one was still read:
+                // now that it has ended too, the session detaches (or, if
+                // its last frames came on it, is done).
+                self.detach(shared);
+            }
         }
         if let Some(mut link) = self.link.take() {
             let pumped = if read {
@@ -225,6 +253,9 @@ impl State {
                     }
                     self.link = Some(link);
                 }
+                // A retired carrier may still bring the frames that end
+                // the session: the detach waits for its end.
+                Err(Cut::Lost) if self.retired.as_ref().is_some_and(Retired::reading) => {}
                 Err(Cut::Lost) => self.detach(shared),
                 Err(Cut::Reset(code)) => {
                     self.link = Some(link);
@@ -272,6 +303,7 @@ impl State {
             self.charged = Some(bytes);
         }
         self.grace = Some(Box::pin(tokio::time::sleep(shared.config.grace)));
+        self.stats.cuts += 1;
         shared.phase.send_replace(Phase::Detached);
         self.wake_read = true;
         self.wake_write = true;
@@ -282,6 +314,11 @@ impl State {
         match frame {
             Frame::Data { offset, payload } => {
                 let end = offset + payload.len() as u64;
+                if end <= self.received {
+                    // A duplicate: resent after a resume, or the same bytes
+                    // arriving late on a retired carrier (FIN or not).
+                    return Ok(());
+                }
                 if self.peer_fin {
                     return protocol(format!("DATA at {offset} after FIN at {}", self.received));
                 }
@@ -297,16 +334,14 @@ impl State {
                         self.consumed, config.window
                     ));
                 }
-                if end > self.received {
-                    let fresh = payload.slice((self.received - offset) as usize..);
-                    self.received = end;
-                    if self.draining {
-                        self.consumed = end;
-                    } else {
-                        self.inbox_len += fresh.len();
-                        self.inbox.push_back(fresh);
-                        self.wake_read = true;
-                    }
+                let fresh = payload.slice((self.received - offset) as usize..);
+                self.received = end;
+                if self.draining {
+                    self.consumed = end;
+                } else {
+                    self.inbox_len += fresh.len();
+                    self.inbox.push_back(fresh);
+                    self.wake_read = true;
                 }
             }
             Frame::Ack { consumed } => {
@@ -368,14 +403,16 @@ impl State {
         Ok(())
     }
 
-    /// Puts `io` in place of the current carrier (if any); sending restarts
-    /// at what the peer says it has received.
+    /// Puts `io` in place of the current carrier (if any), which retires
+    /// (`mover`: this side asked for the move); sending restarts at what the
+    /// peer says it has received. Whether a carrier that was up was replaced.
     fn attach(
         &mut self,
         shared: &Shared,
         io: Box<dyn Carrier>,
         peer_received: u64,
-    ) -> Option<Box<dyn Carrier>> {
+        mover: bool,
+    ) -> bool {
         let end = self.replay.end();
         let sent = peer_received.min(end);
         self.stats.resumes += 1;
@@ -391,7 +428,9 @@ impl State {
         });
         self.wake_read = true;
         self.wake_write = true;
-        old.map(|l| l.io)
+        // An older retired carrier still unread is let go (reset).
+        self.retired = old.map(|link| Retired::new(link, mover));
+        self.retired.is_some()
     }
 }
 
@@ -439,6 +478,7 @@ impl Session {
             id,
             key: None,
             link: Some(Link::new(Box::new(carrier), 0, false, Some(0))),
+            retired: None,
             generation: 1,
             end: None,
             grace: None,

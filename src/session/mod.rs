@@ -128,6 +128,8 @@ pub enum Phase {
 pub struct Stats {
     /// Carriers attached after the first.
     pub resumes: u64,
+    /// Times the carrier was lost and the session detached.
+    pub cuts: u64,
     /// Bytes sent again after resumes.
     pub resent: u64,
     /// DATA payloads taken from the carrier as they arrived, without a copy.

@@ -110,12 +110,13 @@ impl Registry {
     }
 
     /// Finds the session `request` names and, if every check passes,
-    /// attaches `carrier` to it. Refusals leave the session as it was.
+    /// attaches `carrier` to it (true: in place of one still up). Refusals
+    /// leave the session as it was.
     pub fn resume(
         &self,
         request: &ResumeRequest,
         carrier: impl Carrier,
-    ) -> Result<(ResumeResponse, Option<Box<dyn Carrier>>), Refusal> {
+    ) -> Result<(ResumeResponse, bool), Refusal> {
         let shared = self
             .table
             .lock()

@@ -96,15 +96,17 @@ impl SessionHandle {
 
     /// Client side: the server accepted `request` on `carrier` and answered
     /// `response`; checks the server's proof and offset, then attaches.
-    /// Returns the carrier it replaced, for the caller to end cleanly.
+    /// Whether it replaced a carrier that was still up: the session ends
+    /// that one itself (our END_STREAM at once, then it reads the peer's
+    /// last frames on it).
     pub fn complete_resume(
         &self,
         carrier: impl Carrier,
         request: &ResumeRequest,
         response: &ResumeResponse,
-    ) -> Result<Option<Box<dyn Carrier>>, Refusal> {
+    ) -> Result<bool, Refusal> {
         let shared = &self.shared;
-        let old = {
+        let replaced = {
             let mut st = shared.lock();
             let key = st.key.as_ref().ok_or(Refusal::UnknownSession)?;
             if st.end.is_some() || st.id != Some(request.id) {
@@ -120,10 +122,10 @@ impl SessionHandle {
                 return Err(Refusal::WrongProof);
             }
             st.check_offset(response.received)?;
-            st.attach(shared, Box::new(carrier), response.received)
+            st.attach(shared, Box::new(carrier), response.received, true)
         };
         shared.wake_all();
-        Ok(old)
+        Ok(replaced)
     }
 
     /// Ends the session from outside the application's calls: CLOSE `code`
@@ -158,15 +160,18 @@ impl SessionHandle {
 
     /// Server side: checks `request` (proof, generation, offset) without
     /// touching the session, then attaches `carrier` and returns the signed
-    /// answer and the carrier it replaced.
+    /// answer and whether it replaced a carrier that was still up. The
+    /// session reads that one to its end and ends it after the peer's
+    /// END_STREAM (the client's frames sent before it knew of the move
+    /// still count).
     pub fn accept_resume(
         &self,
         carrier: impl Carrier,
         request: &ResumeRequest,
-    ) -> Result<(ResumeResponse, Option<Box<dyn Carrier>>), Refusal> {
+    ) -> Result<(ResumeResponse, bool), Refusal> {
         let mut carrier = Some(carrier);
-        let (response, old) = self.accept_resume_with(request, |_| carrier.take())?;
-        Ok((response, old.flatten()))
+        let (response, replaced) = self.accept_resume_with(request, |_| carrier.take())?;
+        Ok((response, replaced.unwrap_or(false)))
     }
 
     /// [`SessionHandle::accept_resume`] for a carrier that exists only once
@@ -201,9 +206,9 @@ impl SessionHandle {
             st.check_offset(request.received)?;
             let response =
                 ResumeResponse::new(&key, &request.id, st.generation + 1, st.received_units());
-            let old = make(&response)
-                .map(|carrier| st.attach(shared, Box::new(carrier), request.received));
-            (response, old)
+            let replaced = make(&response)
+                .map(|carrier| st.attach(shared, Box::new(carrier), request.received, false));
+            (response, replaced)
         };
         shared.wake_all();
         Ok(answer)

@@ -51,21 +51,106 @@ async fn moving_to_a_new_carrier_before_the_old_one_is_cut_loses_nothing() {
                 return;
             };
             let (c, s) = relay(usize::MAX);
-            let Ok((response, old)) = registry.resume(&request, s) else {
+            let Ok((response, replaced)) = registry.resume(&request, s) else {
                 return;
             };
-            assert!(old.is_some(), "the server replaced a live carrier");
-            let old = handle
+            assert!(replaced, "the server replaced a live carrier");
+            let replaced = handle
                 .complete_resume(c, &request, &response)
                 .expect("response verifies");
-            let mut old = old.expect("the client replaced a live carrier");
-            let _ = old.shutdown().await;
+            assert!(replaced, "the client replaced a live carrier");
         }
     });
     tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 16 * 1024 * 1024))
         .await
         .expect("transfer finished");
     mover.await.expect("mover");
+    // Moved ten times, never cut: each side ended its old carriers in turn.
+    assert_eq!(client.handle().stats().cuts, 0, "client");
+    assert_eq!(server.handle().stats().cuts, 0, "server");
+}
+
+#[tokio::test]
+async fn what_the_client_sends_on_the_old_carrier_during_a_move_still_counts() {
+    let (registry, mut server, mut client) = pair(WINDOW, usize::MAX);
+    let ch = client.handle();
+    let request = ch.resume_request().expect("request");
+    let (c2, s2) = relay(usize::MAX);
+    let (response, replaced) = registry.resume(&request, s2).expect("accepted");
+    assert!(replaced);
+    // The server has moved; the client has not heard yet, and writes on the
+    // old carrier: the server reads it from there, without waiting for the
+    // client to attach the new one and resend.
+    client.write_all(b"late").await.expect("write");
+    client.flush().await.expect("flush");
+    let mut got = [0u8; 4];
+    tokio::time::timeout(LIMIT, server.read_exact(&mut got))
+        .await
+        .expect("read from the retired carrier")
+        .expect("read");
+    assert_eq!(&got, b"late");
+    assert!(ch
+        .complete_resume(c2, &request, &response)
+        .expect("verified"));
+    // The client resends "late" on the new carrier: a duplicate, dropped.
+    server.write_all(b"back").await.expect("write");
+    server.flush().await.expect("flush");
+    tokio::time::timeout(LIMIT, client.read_exact(&mut got))
+        .await
+        .expect("read over the new carrier")
+        .expect("read");
+    assert_eq!(&got, b"back");
+    tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 1 << 20))
+        .await
+        .expect("transfer finished");
+    let both = async { tokio::join!(server.finish(), client.finish()) };
+    tokio::time::timeout(LIMIT, both).await.expect("finished");
+    assert_eq!(server.handle().phase(), Phase::Ended);
+    assert_eq!((server.handle().stats().cuts, ch.stats().cuts), (0, 0));
+}
+
+#[tokio::test]
+async fn a_session_that_finishes_on_the_old_carrier_during_a_move_ends_done_not_cut() {
+    let (registry, mut server, mut client, gate) = gated_pair(WINDOW, usize::MAX);
+    let (sh, ch) = (server.handle(), client.handle());
+    // Both FINs cross on the first carrier, which then holds back whatever
+    // the client sends until the server has moved.
+    client.shutdown().await.expect("fin");
+    let mut rest = Vec::new();
+    server
+        .read_to_end(&mut rest)
+        .await
+        .expect("server reads the FIN");
+    server.shutdown().await.expect("fin");
+    client
+        .read_to_end(&mut rest)
+        .await
+        .expect("client reads the FIN");
+    let request = ch.resume_request().expect("request");
+    gate.hold();
+    let finished = tokio::spawn(async move {
+        client.finish().await;
+        client
+    });
+    let client = tokio::time::timeout(LIMIT, finished)
+        .await
+        .expect("the client finished (its CLOSE is held)")
+        .expect("task");
+    assert_eq!(ch.phase(), Phase::Ended);
+    // The move reaches the server only now: its new carrier is dropped at
+    // once (the client's session is over), and the client's CLOSE arrives
+    // on the old one after that.
+    let (c2, s2) = relay(usize::MAX);
+    let (response, replaced) = registry.resume(&request, s2).expect("accepted");
+    assert!(replaced);
+    assert!(ch.complete_resume(c2, &request, &response).is_err());
+    gate.release();
+    tokio::time::timeout(LIMIT, server.finish())
+        .await
+        .expect("server finished");
+    assert_eq!(sh.phase(), Phase::Ended);
+    assert_eq!(sh.stats().cuts, 0, "the server's session never detached");
+    drop(client);
 }
 
 #[tokio::test]

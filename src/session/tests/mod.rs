@@ -22,15 +22,39 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Two carrier ends joined by a relay that cuts both after `budget` bytes
 /// (both directions counted), or never with `usize::MAX`.
 fn relay(budget: usize) -> (DuplexStream, DuplexStream) {
+    let (client, server, _) = gated_relay(budget);
+    (client, server)
+}
+
+/// Holds back what a relay carries from the client to the server while
+/// held (from the first byte it has not yet passed on).
+struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Gate {
+    fn hold(&self) {
+        self.0.send_replace(true);
+    }
+    fn release(&self) {
+        self.0.send_replace(false);
+    }
+}
+
+/// [`relay`] with a [`Gate`] on its client-to-server direction.
+fn gated_relay(budget: usize) -> (DuplexStream, DuplexStream, Gate) {
     let (client, mut a) = tokio::io::duplex(64 * 1024);
     let (server, mut b) = tokio::io::duplex(64 * 1024);
+    let (gate, mut held) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut left = budget;
         let (mut ab, mut ba) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+        let mut gate_kept = true;
         while left > 0 {
             let want = left.min(ab.len());
+            let open = !*held.borrow_and_update();
             tokio::select! {
-                n = a.read(&mut ab[..want]) => match n {
+                // A dropped gate stays as it was.
+                changed = held.changed(), if gate_kept => gate_kept = changed.is_ok(),
+                n = a.read(&mut ab[..want]), if open => match n {
                     Ok(n) if n > 0 => { if b.write_all(&ab[..n]).await.is_err() { return } left -= n }
                     _ => return,
                 },
@@ -42,7 +66,7 @@ fn relay(budget: usize) -> (DuplexStream, DuplexStream) {
         }
         // Dropping both inner ends is the cut.
     });
-    (client, server)
+    (client, server, Gate(gate))
 }
 
 fn config(window: usize) -> Config {
@@ -55,8 +79,14 @@ fn config(window: usize) -> Config {
 /// A server registry, its session and the client's, on a first carrier
 /// that survives `budget` bytes; both keyed.
 fn pair(window: usize, budget: usize) -> (Registry, Session, Session) {
+    let (registry, server, client, _) = gated_pair(window, budget);
+    (registry, server, client)
+}
+
+/// [`pair`] with a [`Gate`] on the first carrier.
+fn gated_pair(window: usize, budget: usize) -> (Registry, Session, Session, Gate) {
     let registry = Registry::new(config(window), Limits::default());
-    let (c, s) = relay(budget);
+    let (c, s, gate) = gated_relay(budget);
     let server = registry.open(s);
     let id = server.handle().id().expect("server sessions have an id");
     let client = Session::new(config(window), c, Some(id));
@@ -67,7 +97,7 @@ fn pair(window: usize, budget: usize) -> (Registry, Session, Session) {
     for handle in [server.handle(), client.handle()] {
         tokio::spawn(async move { handle.drive().await });
     }
-    (registry, server, client)
+    (registry, server, client, gate)
 }
 
 /// What the client's reconnect loop will do: on each detach, a new carrier
