@@ -144,7 +144,10 @@ async fn moves(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut worst = Duration::ZERO;
         while started.elapsed() < span {
-            worst = worst.max(round_trip(&mut sock).await?);
+            let took = round_trip(&mut sock)
+                .await
+                .with_context(|| format!("while moving: {}", client.log_tail()))?;
+            worst = worst.max(took);
         }
         slowest.push(worst);
     }

@@ -255,6 +255,10 @@ impl State {
             frame::put_ack(link.out.ctl(), ack);
             link.acked_sent = Some(ack);
         }
+        // What the peer has acknowledged it has, whichever carrier brought
+        // the ACK (one arriving late on a retired carrier can pass the
+        // offset a resume named), is not sent again.
+        link.sent = link.sent.max(self.replay.base());
         while link.out.len() < OUT_HIGH && link.sent < self.replay.end() {
             let piece = self.replay.read_at(link.sent, SEND_DATA);
             frame::put_data_header(link.out.ctl(), link.sent, piece.len());

@@ -339,3 +339,50 @@ async fn the_id_a_client_learns_later_wakes_whoever_waits_for_it() {
         .expect("task");
     assert_eq!(got, id);
 }
+
+#[tokio::test]
+async fn an_ack_on_the_old_carrier_past_the_resumed_offset_skips_what_it_covers() {
+    let (registry, mut server, mut client, gate) = gated_pair(WINDOW, usize::MAX);
+    let ch = client.handle();
+    // The client asks to move having received nothing, then reads 1 MiB on
+    // the old carrier; its ACKs for it are held back until the server has
+    // moved and begun resending from 0 on the new one.
+    let request = ch.resume_request().expect("request");
+    gate.hold();
+    let sent = tokio::spawn(async move {
+        let data = vec![7u8; 1 << 20];
+        server.write_all(&data).await.expect("write");
+        server.flush().await.expect("flush");
+        server
+    });
+    let mut got = vec![0u8; 1 << 20];
+    tokio::time::timeout(LIMIT, client.read_exact(&mut got))
+        .await
+        .expect("read on the old carrier")
+        .expect("read");
+    assert!(got.iter().all(|&b| b == 7));
+    let mut server = sent.await.expect("writer");
+    let (c2, s2) = relay(usize::MAX);
+    let (response, replaced) = registry.resume(&request, s2).expect("accepted");
+    assert!(replaced);
+    // Now the ACK of the whole MiB reaches the server on the old carrier:
+    // its replay buffer lets go of bytes the new carrier had not resent.
+    gate.release();
+    assert!(ch
+        .complete_resume(c2, &request, &response)
+        .expect("verified"));
+    server.write_all(b"after").await.expect("write");
+    server.flush().await.expect("flush");
+    let mut next = [0u8; 5];
+    tokio::time::timeout(LIMIT, client.read_exact(&mut next))
+        .await
+        .expect("read over the new carrier")
+        .expect("read");
+    assert_eq!(
+        &next, b"after",
+        "the bytes after the MiB, none resent twice"
+    );
+    tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 1 << 20))
+        .await
+        .expect("transfer finished");
+}
