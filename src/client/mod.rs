@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn};
 
-use crate::session::Session;
+use crate::session::{Session, Stats};
 use crate::transport::splice::{self, Totals};
 use crate::transport::workers::Workers;
 
@@ -148,17 +148,18 @@ impl Forward {
         let started = Instant::now();
         let outcome = tokio::select! {
             r = self.carry(&mut sock) => r,
-            _ = hard_stop.cancelled() => (Err(anyhow::anyhow!("closed at the end of the drain")), 0),
+            _ = hard_stop.cancelled() => (Err(anyhow::anyhow!("closed at the end of the drain")), Stats::default()),
         };
-        let (result, totals, resumes) = match outcome {
-            (Ok(totals), resumes) => (Ok(()), totals, resumes),
-            (Err(e), resumes) => {
+        let (result, totals, stats) = match outcome {
+            (Ok(totals), stats) => (Ok(()), totals, stats),
+            (Err(e), stats) => {
                 // Whatever failed, the application must see its connection
                 // end; a reset tells it the data may be incomplete.
                 splice::abort(&sock);
-                (Err(e), Totals::default(), resumes)
+                (Err(e), Totals::default(), stats)
             }
         };
+        let Stats { resumes, cuts, .. } = stats;
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => info!(
@@ -166,11 +167,13 @@ impl Forward {
                 received = totals.outbound,
                 duration_ms,
                 resumes,
+                cuts,
                 "tunnel ended"
             ),
             Err(e) => warn!(
                 duration_ms,
                 resumes,
+                cuts,
                 error = format!("{e:#}"),
                 "tunnel failed"
             ),
@@ -196,21 +199,21 @@ impl Forward {
         self.carry(local).await.0
     }
 
-    /// [`Forward::tunnel`], and how many times its session resumed.
-    async fn carry<L>(&self, local: &mut L) -> (anyhow::Result<Totals>, u64)
+    /// [`Forward::tunnel`], and its session's counts (resumes, cuts).
+    async fn carry<L>(&self, local: &mut L) -> (anyhow::Result<Totals>, Stats)
     where
         L: AsyncRead + AsyncWrite + Unpin,
     {
         let mut headers = match self.request_headers().await {
             Ok(h) => h,
-            Err(e) => return (Err(e), 0),
+            Err(e) => return (Err(e), Stats::default()),
         };
         let Some(policy) = &self.resume else {
             let stream = match self.connector.open(&headers).await {
                 Ok(s) => s,
-                Err(e) => return (Err(e.into()), 0),
+                Err(e) => return (Err(e.into()), Stats::default()),
             };
-            return (self.over(local, stream).await, 0);
+            return (self.over(local, stream).await, Stats::default());
         };
         headers.insert(
             crate::session::handshake::SESSION,
@@ -232,11 +235,11 @@ impl Forward {
         };
         let (stream, head) = match opened.await {
             Ok(x) => x,
-            Err(e) => return (Err(e), 0),
+            Err(e) => return (Err(e), Stats::default()),
         };
         let session = match resume::offered(&head, stream, &policy.session) {
             Ok(session) => session,
-            Err(stream) => return (self.over(local, stream).await, 0),
+            Err(stream) => return (self.over(local, stream).await, Stats::default()),
         };
         policy.offered.store(true, Ordering::Relaxed);
         let keeper = resume::Keeper {
@@ -247,7 +250,7 @@ impl Forward {
         };
         keeper.cookies.update(&head);
         let (result, ()) = tokio::join!(self.over(local, session), keeper.run());
-        (result, keeper.handle.stats().resumes)
+        (result, keeper.handle.stats())
     }
 
     /// A session started before its `200`, as a tunnel without resume
@@ -262,13 +265,13 @@ impl Forward {
         local: &mut L,
         headers: &HeaderMap,
         policy: &ResumePolicy,
-    ) -> Option<(anyhow::Result<Totals>, u64)>
+    ) -> Option<(anyhow::Result<Totals>, Stats)>
     where
         L: AsyncRead + AsyncWrite + Unpin,
     {
         let mut stream = match self.connector.open(headers).await {
             Ok(s) => s,
-            Err(e) => return Some((Err(e.into()), 0)),
+            Err(e) => return Some((Err(e.into()), Stats::default())),
         };
         let head = stream.report_response();
         let session = Session::new(policy.session.clone(), stream, None);
@@ -296,13 +299,16 @@ impl Forward {
             }
         };
         let (result, ()) = tokio::join!(self.over(local, session), keep);
-        let resumes = keeper.handle.stats().resumes;
+        let stats = keeper.handle.stats();
         match (result, declined, refused) {
             (Err(_), true, _) => None,
             // The front end's or server's status says more than the
             // handshake that it cut short.
-            (Err(_), _, Some(e)) => Some((Err(anyhow::Error::new(e).context("tunnel")), 0)),
-            (result, _, _) => Some((result, resumes)),
+            (Err(_), _, Some(e)) => Some((
+                Err(anyhow::Error::new(e).context("tunnel")),
+                Stats::default(),
+            )),
+            (result, _, _) => Some((result, stats)),
         }
     }
 

@@ -101,6 +101,17 @@ pub struct TunnelReport {
     /// Carriers the tunnel's session moved to after its first (0 without
     /// resume).
     pub resumes: u64,
+    /// Times the session lost its carrier and waited for a resume (a move
+    /// is not one).
+    pub cuts: u64,
+}
+
+impl TunnelReport {
+    /// Takes the session's counts.
+    pub(crate) fn counted(&mut self, stats: crate::session::Stats) {
+        self.resumes = stats.resumes;
+        self.cuts = stats.cuts;
+    }
 }
 
 /// The one summary line per tunnel.
@@ -116,11 +127,20 @@ pub(crate) fn log(report: &TunnelReport) {
         .map(|n| n.join(", "));
     let (to_backend, from_backend) = (report.totals.outbound, report.totals.inbound);
     let duration_ms = report.duration.as_millis() as u64;
-    let (route, close, resumes) = (report.route.as_str(), report.close, report.resumes);
+    let (route, close) = (report.route.as_str(), report.close);
+    let (resumes, cuts) = (report.resumes, report.cuts);
     match &report.outcome {
         Ok(()) => info!(
             identity,
-            names, route, to_backend, from_backend, duration_ms, resumes, close, "tunnel ended"
+            names,
+            route,
+            to_backend,
+            from_backend,
+            duration_ms,
+            resumes,
+            cuts,
+            close,
+            "tunnel ended"
         ),
         Err(error) => warn!(
             identity,
@@ -130,6 +150,7 @@ pub(crate) fn log(report: &TunnelReport) {
             from_backend,
             duration_ms,
             resumes,
+            cuts,
             close,
             error,
             "tunnel ended"

@@ -83,6 +83,7 @@ impl Tunnel {
             close: "closed",
             outcome: Ok(()),
             resumes: 0,
+            cuts: 0,
         };
         let result = self
             .tunnel(req, respond, &mut report)
@@ -165,7 +166,7 @@ impl Tunnel {
             let mut session = self.open(registry, &mut respond, body, Some(&key))?;
             session.handle().set_key(key);
             let result = self.copy(&mut session, &mut backend, report, |s| s).await;
-            report.resumes = session.handle().stats().resumes;
+            report.counted(session.handle().stats());
             return result;
         };
         // Answer first: the client's inner ClientHello is already on its way, and
@@ -180,7 +181,7 @@ impl Tunnel {
                 let session = self.open(registry, &mut respond, body, None)?;
                 let handle = session.handle();
                 let result = self.inner(session, any_inner, report).await;
-                report.resumes = handle.stats().resumes;
+                report.counted(handle.stats());
                 result
             }
         }

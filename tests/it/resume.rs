@@ -115,6 +115,7 @@ async fn a_transfer_survives_caddy_killed_and_restarted_three_times() {
         "one resume per cut at least: {}",
         report.resumes
     );
+    assert!(report.cuts >= 3, "three kills, {} cuts", report.cuts);
     drop(front);
     shutdown.cancel();
 }
@@ -331,6 +332,7 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
         .expect("server running");
     assert_eq!(report.outcome, Ok(()));
     assert!(report.resumes >= 3, "moved {} times", report.resumes);
+    assert_eq!(report.cuts, 0, "the session detached while it moved");
     let text = scrape(metrics).await;
     // Moved, never cut: the session did not detach once.
     assert_eq!(
