@@ -428,9 +428,16 @@ impl State {
         });
         self.wake_read = true;
         self.wake_write = true;
-        // An older retired carrier still unread is let go (reset).
-        self.retired = old.map(|link| Retired::new(link, mover));
-        self.retired.is_some()
+        match old {
+            Some(link) => {
+                // An older retired carrier still unread is let go (reset).
+                self.retired = Some(Retired::new(link, mover));
+                true
+            }
+            // Attached while detached, or while a lost carrier's detach
+            // waits for the retired one: that one is still read.
+            None => false,
+        }
     }
 }
 
