@@ -34,9 +34,10 @@
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
 //!   replay buffer), `carrier` (what a session runs over), `core` (one
 //!   session over many carriers; `core/handle` its control handle,
-//!   `core/link` one carrier's frames in and out, and a
-//!   carrier a move replaced, read to its end, `core/app` the
-//!   application's reads and writes), `out`
+//!   `core/link` one carrier's frames in and out,
+//!   `core/receive` what arriving frames do, `core/retired` a carrier a
+//!   move replaced, read to its end, `core/app` the application's reads
+//!   and writes), `out`
 //!   (frames staged for the carrier), `wake` (who is woken), `handshake`
 //!   (ids, keys, resume proofs), `limits`
 //!   (refusals, limits on detached sessions), `registry` (the server's

@@ -1,7 +1,9 @@
 //! [`Session`]: one application byte stream over any number of carriers:
 //! the state machine here, its control handle's methods in `handle`, the
 //! side facing one carrier (frames in, frames out, lingering after CLOSE)
-//! in `link`, the application's `AsyncRead`/`AsyncWrite` in `app`.
+//! in `link`, what arriving frames do in `receive`, a carrier that a move
+//! replaced in `retired`, the application's `AsyncRead`/`AsyncWrite` in
+//! `app`.
 //!
 //! The application side sees `AsyncRead + AsyncWrite`. Underneath, bytes
 //! travel as [`Frame`]s over the current carrier; written bytes stay in the
@@ -26,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::carrier::Carrier;
-use super::frame::{self, Frame, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL};
+use super::frame::{self, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL};
 use super::handshake::{ResumeKey, ResumeResponse, SessionId};
 use super::limits::{Budget, Refusal};
 use super::replay::Replay;
@@ -36,8 +38,11 @@ use super::{Config, Phase, Stats};
 mod app;
 mod handle;
 mod link;
+mod receive;
+mod retired;
 
-use link::{flushed, linger, Link, Retired};
+use link::{flushed, linger, Link};
+use retired::Retired;
 
 /// An accepted resume made with `accept_resume_with`: the signed answer,
 /// and `None` if the carrier could not be made, else whether it replaced a
@@ -208,26 +213,8 @@ impl State {
             return;
         }
         // First what the peer sent before it knew of a move.
-        if let Some(mut old) = self.retired.take() {
-            match self.pump_retired(&mut old, &shared.config, cx) {
-                Ok(false) => self.retired = Some(old),
-                Ok(true) | Err(Cut::Lost) => {}
-                Err(Cut::Reset(code)) => {
-                    return self.finish(End::PeerReset(code), &shared.config, &shared.phase)
-                }
-                Err(Cut::Protocol(why)) => {
-                    if let Some(link) = &mut self.link {
-                        frame::put_close(link.out.ctl(), CLOSE_PROTOCOL);
-                    }
-                    return self.finish(End::Protocol(why), &shared.config, &shared.phase);
-                }
-            }
-            if self.retired.is_none() && self.link.is_none() && self.grace.is_none() {
-                // The new carrier was lost while this one was still read:
-                // now that it has ended too, the session detaches (or, if
-                // its last frames came on it, is done).
-                self.detach(shared);
-            }
+        if let Err(cut) = self.drive_retired(shared, cx) {
+            return self.cut(cut, shared);
         }
         if let Some(mut link) = self.link.take() {
             let pumped = if read {
@@ -253,19 +240,12 @@ impl State {
                     }
                     self.link = Some(link);
                 }
-                // A retired carrier may still bring the frames that end
-                // the session: the detach waits for its end.
-                Err(Cut::Lost) if self.retired.as_ref().is_some_and(Retired::reading) => {}
-                Err(Cut::Lost) => self.detach(shared),
-                Err(Cut::Reset(code)) => {
-                    self.link = Some(link);
-                    self.finish(End::PeerReset(code), &shared.config, &shared.phase);
-                }
-                Err(Cut::Protocol(why)) => {
-                    // Tell the peer why: the lingering carrier sends it.
-                    frame::put_close(link.out.ctl(), CLOSE_PROTOCOL);
-                    self.link = Some(link);
-                    self.finish(End::Protocol(why), &shared.config, &shared.phase);
+                Err(cut) => {
+                    // A lost carrier goes; one that said why stays to linger.
+                    if !matches!(cut, Cut::Lost) {
+                        self.link = Some(link);
+                    }
+                    self.cut(cut, shared);
                 }
             }
         }
@@ -274,6 +254,25 @@ impl State {
                 if grace.as_mut().poll(cx).is_ready() {
                     self.finish(End::Expired, &shared.config, &shared.phase);
                 }
+            }
+        }
+    }
+
+    /// What a carrier's failure does to the session (a reset or protocol
+    /// error on either carrier ends it; a lost current carrier detaches it).
+    fn cut(&mut self, cut: Cut, shared: &Shared) {
+        match cut {
+            // A retired carrier may still bring the frames that end the
+            // session: the detach waits for its end (`drive_retired`).
+            Cut::Lost if self.retired.as_ref().is_some_and(Retired::reading) => {}
+            Cut::Lost => self.detach(shared),
+            Cut::Reset(code) => self.finish(End::PeerReset(code), &shared.config, &shared.phase),
+            Cut::Protocol(why) => {
+                // Tell the peer why: the lingering carrier sends it.
+                if let Some(link) = &mut self.link {
+                    frame::put_close(link.out.ctl(), CLOSE_PROTOCOL);
+                }
+                self.finish(End::Protocol(why), &shared.config, &shared.phase);
             }
         }
     }
@@ -307,84 +306,6 @@ impl State {
         shared.phase.send_replace(Phase::Detached);
         self.wake_read = true;
         self.wake_write = true;
-    }
-
-    fn apply(&mut self, frame: Frame, config: &Config) -> Result<(), Cut> {
-        let protocol = |why: String| Err(Cut::Protocol(why));
-        match frame {
-            Frame::Data { offset, payload } => {
-                let end = offset + payload.len() as u64;
-                if end <= self.received {
-                    // A duplicate: resent after a resume, or the same bytes
-                    // arriving late on a retired carrier (FIN or not).
-                    return Ok(());
-                }
-                if self.peer_fin {
-                    return protocol(format!("DATA at {offset} after FIN at {}", self.received));
-                }
-                if offset > self.received {
-                    return protocol(format!(
-                        "DATA at {offset} leaves a gap after {}",
-                        self.received
-                    ));
-                }
-                if end > self.consumed + config.window as u64 {
-                    return protocol(format!(
-                        "DATA up to {end} exceeds the window ({} consumed + {})",
-                        self.consumed, config.window
-                    ));
-                }
-                let fresh = payload.slice((self.received - offset) as usize..);
-                self.received = end;
-                if self.draining {
-                    self.consumed = end;
-                } else {
-                    self.inbox_len += fresh.len();
-                    self.inbox.push_back(fresh);
-                    self.wake_read = true;
-                }
-            }
-            Frame::Ack { consumed } => {
-                let limit = self.replay.end() + u64::from(self.fin_queued);
-                if consumed > limit {
-                    return protocol(format!("ACK of {consumed} but only {limit} sent"));
-                }
-                if consumed > self.peer_acked {
-                    self.peer_acked = consumed;
-                    self.replay.ack(consumed);
-                    self.wake_write = true;
-                }
-            }
-            Frame::Fin { offset } => {
-                if offset != self.received {
-                    return protocol(format!("FIN at {offset} but {} received", self.received));
-                }
-                if !self.peer_fin {
-                    self.peer_fin = true;
-                    self.eof_read |= self.draining;
-                    self.wake_read = true;
-                }
-            }
-            Frame::Close { code: CLOSE_DONE } => {
-                if !self.peer_fin {
-                    return protocol("CLOSE before FIN".into());
-                }
-                self.peer_done = true;
-                self.wake_write = true;
-            }
-            Frame::Close { code } => return Err(Cut::Reset(code)),
-        }
-        Ok(())
-    }
-
-    /// The application will read no more: what it left unread, and all
-    /// that comes, is consumed (and so acknowledged).
-    fn drain(&mut self) {
-        self.draining = true;
-        self.consumed = self.received;
-        self.inbox.clear();
-        self.inbox_len = 0;
-        self.eof_read |= self.peer_fin;
     }
 
     /// Checks a resume's offset against what the replay buffer holds.

@@ -1,9 +1,7 @@
 //! The session's side of one carrier: what was sent on it ([`Link`]),
-//! reading frames from it, staging and writing frames to it, ending it
-//! after the last frame, and reading a carrier that a resume replaced to
-//! its end ([`Retired`]).
+//! reading frames from it, staging and writing frames to it, and ending it
+//! after the last frame.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -82,77 +80,7 @@ impl Link {
     }
 }
 
-/// A carrier that a resume replaced while it was still up (a move,
-/// make-before-break). Nothing more is written on it, but it is read to its
-/// end: the peer went on sending on it until it learnt of the move, and
-/// those frames (DATA, ACK, FIN, CLOSE) count as if they had come on the
-/// new carrier. Its END_STREAM goes at once on the side that moved (the
-/// client: it tells the peer it has finished with the old carrier), and on
-/// the other side only after the peer's, so the mover never sees its old
-/// carrier end before the new one is answered. Let go after [`LINGER`] at
-/// most.
-pub(super) struct Retired {
-    link: Link,
-    mover: bool,
-    read_done: bool,
-    shut: bool,
-    until: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Retired {
-    pub(super) fn new(mut link: Link, mover: bool) -> Retired {
-        // Frames staged but not written are resent on the new carrier.
-        link.out = Out::default();
-        Retired {
-            link,
-            mover,
-            read_done: false,
-            shut: false,
-            until: Box::pin(tokio::time::sleep(LINGER)),
-        }
-    }
-
-    /// Whether the peer's end of it has been read.
-    pub(super) fn reading(&self) -> bool {
-        !self.read_done
-    }
-
-    /// Once the session is over: what is left of it lingers like an ended
-    /// carrier.
-    pub(super) fn into_link(self) -> Link {
-        self.link
-    }
-}
-
 impl State {
-    /// Reads `old` and ends it; `Ok(true)` once both ends are done (or its
-    /// time is up). A CLOSE or a protocol error on it is the session's.
-    pub(super) fn pump_retired(
-        &mut self,
-        old: &mut Retired,
-        config: &Config,
-        cx: &mut Context<'_>,
-    ) -> Result<bool, Cut> {
-        if old.until.as_mut().poll(cx).is_ready() {
-            return Ok(true);
-        }
-        if !old.read_done {
-            match self.pump_read(&mut old.link, config, cx) {
-                Ok(()) => {}
-                // Its end, or a failure: either way nothing more comes on it.
-                Err(Cut::Lost) => old.read_done = true,
-                Err(other) => return Err(other),
-            }
-        }
-        if !old.shut && (old.read_done || old.mover) {
-            match Pin::new(&mut old.link.io).poll_shutdown(cx) {
-                Poll::Pending => return Ok(false),
-                Poll::Ready(_) => old.shut = true,
-            }
-        }
-        Ok(old.read_done && old.shut)
-    }
-
     pub(super) fn pump_read(
         &mut self,
         link: &mut Link,
@@ -345,4 +273,4 @@ pub(super) fn linger(link: Link, lingering: &tokio_util::task::TaskTracker) {
 }
 
 /// How long an ended carrier waits for the peer's end of it.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);

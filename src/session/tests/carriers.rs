@@ -81,25 +81,16 @@ async fn what_the_client_sends_on_the_old_carrier_during_a_move_still_counts() {
     // The server has moved; the client has not heard yet, and writes on the
     // old carrier: the server reads it from there, without waiting for the
     // client to attach the new one and resend.
-    client.write_all(b"late").await.expect("write");
-    client.flush().await.expect("flush");
-    let mut got = [0u8; 4];
-    tokio::time::timeout(LIMIT, server.read_exact(&mut got))
-        .await
-        .expect("read from the retired carrier")
-        .expect("read");
-    assert_eq!(&got, b"late");
+    write_now(&mut client, b"late").await;
+    let got = read_n(&mut server, 4, "read from the retired carrier").await;
+    assert_eq!(got, b"late");
     assert!(ch
         .complete_resume(c2, &request, &response)
         .expect("verified"));
     // The client resends "late" on the new carrier: a duplicate, dropped.
-    server.write_all(b"back").await.expect("write");
-    server.flush().await.expect("flush");
-    tokio::time::timeout(LIMIT, client.read_exact(&mut got))
-        .await
-        .expect("read over the new carrier")
-        .expect("read");
-    assert_eq!(&got, b"back");
+    write_now(&mut server, b"back").await;
+    let got = read_n(&mut client, 4, "read over the new carrier").await;
+    assert_eq!(got, b"back");
     tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 1 << 20))
         .await
         .expect("transfer finished");
@@ -350,16 +341,10 @@ async fn an_ack_on_the_old_carrier_past_the_resumed_offset_skips_what_it_covers(
     let request = ch.resume_request().expect("request");
     gate.hold();
     let sent = tokio::spawn(async move {
-        let data = vec![7u8; 1 << 20];
-        server.write_all(&data).await.expect("write");
-        server.flush().await.expect("flush");
+        write_now(&mut server, &vec![7u8; 1 << 20]).await;
         server
     });
-    let mut got = vec![0u8; 1 << 20];
-    tokio::time::timeout(LIMIT, client.read_exact(&mut got))
-        .await
-        .expect("read on the old carrier")
-        .expect("read");
+    let got = read_n(&mut client, 1 << 20, "read on the old carrier").await;
     assert!(got.iter().all(|&b| b == 7));
     let mut server = sent.await.expect("writer");
     let (c2, s2) = relay(usize::MAX);
@@ -371,17 +356,9 @@ async fn an_ack_on_the_old_carrier_past_the_resumed_offset_skips_what_it_covers(
     assert!(ch
         .complete_resume(c2, &request, &response)
         .expect("verified"));
-    server.write_all(b"after").await.expect("write");
-    server.flush().await.expect("flush");
-    let mut next = [0u8; 5];
-    tokio::time::timeout(LIMIT, client.read_exact(&mut next))
-        .await
-        .expect("read over the new carrier")
-        .expect("read");
-    assert_eq!(
-        &next, b"after",
-        "the bytes after the MiB, none resent twice"
-    );
+    write_now(&mut server, b"after").await;
+    let next = read_n(&mut client, 5, "read over the new carrier").await;
+    assert_eq!(next, b"after", "the bytes after the MiB, none resent twice");
     tokio::time::timeout(LIMIT, exchange(&mut server, &mut client, 1 << 20))
         .await
         .expect("transfer finished");

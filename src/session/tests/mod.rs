@@ -179,6 +179,22 @@ async fn exchange(server: &mut Session, client: &mut Session, len: usize) {
     assert_eq!(down, down_got, "server -> client SHA-256");
 }
 
+/// Reads exactly `n` bytes; `what` names the read if it stalls.
+async fn read_n(s: &mut Session, n: usize, what: &str) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: stalled"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    got
+}
+
+/// Writes `data` and flushes it to the carrier.
+async fn write_now(s: &mut Session, data: &[u8]) {
+    s.write_all(data).await.expect("write");
+    s.flush().await.expect("flush");
+}
+
 /// Polls one read once; `Some(error)` if it failed at once.
 fn futures_poll(s: &mut Session, buf: &mut [u8]) -> Option<std::io::Error> {
     let waker = std::task::Waker::noop();
