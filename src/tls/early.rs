@@ -23,7 +23,7 @@
 //! reaches no backend until the client proves its key in a later flight.
 
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -188,24 +188,47 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         Poll::Ready(Ok(()))
     }
 
-    /// Moves plaintext out of rustls: early data first (it precedes all
-    /// other data on the connection), then ordinary data. `None`: none yet.
-    fn take_plaintext(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        match self.early.read(buf) {
-            Ok(0) => {}
-            done => return Some(done),
-        }
+    /// Moves plaintext out of rustls into `buf`: early data first (it
+    /// precedes all other data on the connection), then ordinary data.
+    /// `None`: none yet; `Some(Ok(0))`: close_notify, the end of the stream.
+    ///
+    /// Both are copied into `buf`'s unfilled part as it stands, from
+    /// rustls's own buffer (`BufRead`) and from [`Self::early`]: zeroing that
+    /// part first for `Read::read` (`initialize_unfilled`) set HTTP/2's whole
+    /// spare read buffer on every read, 1.8 bytes per byte received
+    /// (callgrind, the server of a 32 MiB upload).
+    fn take_plaintext(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<usize>> {
+        // Early data rustls decrypted after `accept` returned joins the rest.
         if let Some(mut early) = self.conn.early_data() {
-            match early.read(buf) {
-                Ok(0) => {}
-                done => return Some(done),
+            if let Err(e) = early.read_to_end(self.early.get_mut()) {
+                return Some(Err(e));
             }
         }
-        match self.conn.reader().read(buf) {
+        let early = self.early.get_ref();
+        let start = (self.early.position() as usize).min(early.len());
+        if start < early.len() {
+            let n = put(buf, &early[start..]);
+            self.early.consume(n);
+            return Some(Ok(n));
+        }
+        let mut reader = self.conn.reader();
+        match reader.fill_buf() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            done => Some(done),
+            Err(e) => Some(Err(e)),
+            Ok(chunk) => {
+                let n = put(buf, chunk);
+                reader.consume(n);
+                Some(Ok(n))
+            }
         }
     }
+}
+
+/// Copies as much of `chunk` as `buf` has room for; returns how much.
+fn put(buf: &mut ReadBuf<'_>, chunk: &[u8]) -> usize {
+    let n = chunk.len().min(buf.remaining());
+    buf.put_slice(&chunk[..n]);
+    n
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
@@ -219,9 +242,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if let Some(done) = this.take_plaintext(buf.initialize_unfilled()) {
-                // Ok(0) is close_notify: the end of the stream.
-                buf.advance(done?);
+            if let Some(done) = this.take_plaintext(buf) {
+                done?;
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
