@@ -24,8 +24,10 @@ FROM rust:1-bookworm AS builder
 WORKDIR /build
 
 # Dependencies first, against stub sources, so this layer is reused until
-# Cargo.toml or Cargo.lock change.
+# Cargo.toml, Cargo.lock or the build settings change. .cargo/config.toml
+# sets how aws-lc is built (no CPU jitter entropy: see the file).
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir src \
     && echo '//! stub for the dependency layer' > src/lib.rs \
     && echo 'fn main() {}' > src/main.rs \

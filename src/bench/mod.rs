@@ -35,8 +35,9 @@ pub enum Scenario {
     /// bulk one (downloading, then uploading), at 0 ms and at the RTT, and
     /// what the bulk keeps of its throughput alone.
     Beside,
-    /// Local connect to first byte, open and cold connection, 0 ms and RTT
-    /// (cold at the RTT also without 0-RTT on the outer hop).
+    /// Local connect to first byte: open and cold connection and new
+    /// processes at 0 ms, open and cold connection at the RTT (cold also
+    /// without 0-RTT on the outer hop).
     Setup,
     /// New tunnels per second (connect, 1 byte each way, close).
     Rate,

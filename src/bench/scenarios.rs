@@ -297,8 +297,18 @@ async fn setup(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     let cold = Proc::client("client-cold", &env.pki, env.server.addr.port(), COLD).await?;
     let cold0 = first_bytes(cold.addr, n0, true).await?;
     drop(cold);
+    // The first tunnel of processes just started: a Cloud Run instance's
+    // first request, a client just launched (one-time costs such as the
+    // crypto library's random number generator seeding show here).
+    let mut fresh = Vec::with_capacity(nr);
+    for _ in 0..nr {
+        let server = Proc::server(&env.pki, env.backend).await?;
+        let client = Proc::client("client-fresh", &env.pki, server.addr.port(), COLD).await?;
+        fresh.extend(first_bytes(client.addr, 1, true).await?);
+    }
     let mut rows = vec![("open connection, 0 ms", open0, base0.clone(), 0.0)];
-    rows.push(("cold connection, 0 ms", cold0, base0, 0.0));
+    rows.push(("cold connection, 0 ms", cold0, base0.clone(), 0.0));
+    rows.push(("new processes, 0 ms", fresh, base0, 0.0));
     if rtt_ms > 0.0 {
         let to_server = env.relay(env.server.addr).await?;
         let to_backend = env.relay(env.backend).await?;
