@@ -41,6 +41,8 @@ mod link;
 mod receive;
 mod retired;
 
+#[cfg(test)]
+pub(crate) use link::ACK_DELAY;
 use link::{flushed, linger, Link};
 use retired::Retired;
 

@@ -2,8 +2,10 @@
 //! reading frames from it, staging and writing frames to it, and ending it
 //! after the last frame.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
@@ -43,6 +45,13 @@ const SEND_DATA: usize = if MAX_DATA < stream::MAX_WRITE - 64 {
 const READ_BUDGET: usize = 2 * MAX_FRAME;
 /// Reads per poll at most, however small.
 const READS_PER_POLL: usize = 8;
+/// How long an ACK may wait for a frame to ride with once the receiver has
+/// read everything (see `State::stage`). A request's ACK then goes with its
+/// answer: each side of an idle 1-byte ping-pong used to write its outer
+/// socket twice per round trip (the echo, then an ACK on its own, which the
+/// peer had to wake for, read, decrypt and decode). Short next to what it
+/// keeps in the peer's replay buffer being of any weight.
+pub(crate) const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// The current carrier and what has been sent on it.
 pub(super) struct Link {
@@ -55,6 +64,11 @@ pub(super) struct Link {
     pub(super) close_sent: bool,
     /// The last ACK value sent on this carrier.
     pub(super) acked_sent: Option<u64>,
+    /// Running while an ACK waits for something to ride with
+    /// ([`ACK_DELAY`]).
+    pub(super) ack_delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// [`ACK_DELAY`] has passed: the waiting ACK goes on its own.
+    pub(super) ack_delay_over: bool,
     pub(super) read_idle: bool,
     pub(super) unflushed: bool,
 }
@@ -74,6 +88,8 @@ impl Link {
             fin_sent,
             close_sent: false,
             acked_sent,
+            ack_delay: None,
+            ack_delay_over: false,
             read_idle: false,
             unflushed: false,
         }
@@ -144,6 +160,13 @@ impl State {
                 self.stage(link, config);
             }
             if link.out.is_empty() {
+                if let Some(delay) = &mut link.ack_delay {
+                    if delay.as_mut().poll(cx).is_ready() {
+                        link.ack_delay = None;
+                        link.ack_delay_over = true;
+                        continue;
+                    }
+                }
                 break;
             }
             match link.out.poll_write(&mut link.io, cx) {
@@ -169,19 +192,36 @@ impl State {
     /// Encodes what is due on the carrier: an ACK, DATA, FIN, CLOSE.
     fn stage(&mut self, link: &mut Link, config: &Config) {
         let ack = self.consumed_units();
+        let idle = self.inbox.is_empty() && link.read_idle;
+        // DATA, FIN or CLOSE that go out now: an ACK rides with them free.
+        let sending = link.sent.max(self.replay.base()) < self.replay.end()
+            || (self.fin_queued && !link.fin_sent)
+            || (self.close_queued.is_some() && !link.close_sent);
         let due = match link.acked_sent {
             None => true,
             Some(last) if last == ack => false,
             // Every eighth of the window keeps a busy peer from stalling;
-            // an idle moment flushes the rest so its replay buffer drains.
+            // the peer's FIN read, or an application that reads no more,
+            // is the session ending and is told at once; an idle moment
+            // flushes the rest so the peer's replay buffer drains, after
+            // at most ACK_DELAY, or sooner with a frame to ride with.
             Some(last) => {
                 ack - last >= (config.window as u64 / 8).max(1)
-                    || (self.inbox.is_empty() && link.read_idle)
+                    || sending
+                    || self.eof_read
+                    || self.draining
+                    || (idle && link.ack_delay_over)
             }
         };
         if due {
             frame::put_ack(link.out.ctl(), ack);
             link.acked_sent = Some(ack);
+        }
+        if link.acked_sent == Some(ack) {
+            link.ack_delay = None;
+            link.ack_delay_over = false;
+        } else if idle && link.ack_delay.is_none() && !link.ack_delay_over {
+            link.ack_delay = Some(Box::pin(tokio::time::sleep(ACK_DELAY)));
         }
         // What the peer has acknowledged it has, whichever carrier brought
         // the ACK (one arriving late on a retired carrier can pass the

@@ -1,7 +1,56 @@
-//! What a session may hold and who may resume it: windows, refusals, the
-//! grace period and the limits on detached sessions.
+//! What a session may hold and who may resume it: windows, refusals, when
+//! acknowledgements go, the grace period and the limits on detached
+//! sessions.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use super::*;
+use crate::session::core::ACK_DELAY;
+
+/// A carrier end that counts its bursts: writes up to a flush, which is what
+/// the session hands the socket (through HTTP/2) at once.
+struct Bursts {
+    io: DuplexStream,
+    bursts: Arc<AtomicUsize>,
+    writing: bool,
+}
+
+impl AsyncRead for Bursts {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Bursts {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.writing {
+            this.writing = true;
+            this.bursts.fetch_add(1, Ordering::SeqCst);
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.writing = false;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_full_replay_buffer_makes_writes_wait() {
@@ -25,6 +74,44 @@ async fn a_full_replay_buffer_makes_writes_wait() {
         .await
         .expect("room again")
         .expect("write");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_carries_the_ack_of_its_request_and_a_lone_ack_waits_for_one() {
+    let registry = Registry::new(config(1 << 20), Limits::default());
+    let (c, s) = relay(usize::MAX);
+    let bursts = Arc::new(AtomicUsize::new(0));
+    let mut server = registry.open(Bursts {
+        io: s,
+        bursts: bursts.clone(),
+        writing: false,
+    });
+    let id = server.handle().id().expect("server sessions have an id");
+    let mut client = Session::new(config(1 << 20), c, Some(id));
+    for handle in [server.handle(), client.handle()] {
+        tokio::spawn(async move { handle.drive().await });
+    }
+    let sent = || bursts.load(Ordering::SeqCst);
+
+    // A request, read; the server's driver runs (the old rule sent the ACK
+    // on its own here), then the answer.
+    write_now(&mut client, b"ping").await;
+    let before = sent();
+    read_n(&mut server, 4, "request").await;
+    tokio::time::sleep(ACK_DELAY / 10).await;
+    write_now(&mut server, b"pong").await;
+    assert_eq!(read_n(&mut client, 4, "answer").await, b"pong");
+    assert_eq!(sent() - before, 1, "the ACK went with the answer");
+
+    // A request with no answer: its ACK waits, then goes on its own.
+    tokio::time::sleep(10 * ACK_DELAY).await;
+    write_now(&mut client, b"note").await;
+    let before = sent();
+    read_n(&mut server, 4, "note").await;
+    tokio::time::sleep(ACK_DELAY / 2).await;
+    assert_eq!(sent(), before, "the ACK waits");
+    tokio::time::sleep(ACK_DELAY).await;
+    assert_eq!(sent(), before + 1, "then goes alone");
 }
 
 #[tokio::test]
