@@ -93,8 +93,8 @@ async fn an_answer_carries_the_ack_of_its_request_and_a_lone_ack_waits_for_one()
     }
     let sent = || bursts.load(Ordering::SeqCst);
 
-    // A request, read; the server's driver runs (the old rule sent the ACK
-    // on its own here), then the answer.
+    // A request, read; the server's driver runs (an ACK sent as soon as
+    // the request was read would go on its own here), then the answer.
     write_now(&mut client, b"ping").await;
     let before = sent();
     read_n(&mut server, 4, "request").await;
