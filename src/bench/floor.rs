@@ -19,7 +19,7 @@ use std::thread;
 
 use tokio_util::sync::CancellationToken;
 
-use super::procs::cpu_seconds_of;
+use super::procs::{cpu_of, Cpu};
 use super::relay;
 use crate::transport::splice::COPY_BUF;
 
@@ -31,17 +31,22 @@ pub struct Meter(Arc<Mutex<Threads>>);
 struct Threads {
     /// `/proc/self/task/TID/stat` of each running thread.
     live: Vec<PathBuf>,
-    /// CPU seconds of the threads that have ended.
-    ended: f64,
+    /// CPU time of the threads that have ended.
+    ended: Cpu,
 }
 
 impl Meter {
     /// User + system CPU seconds of every thread counted so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.cpu().map(Cpu::total)
+    }
+
+    /// User and system CPU time of every thread counted so far.
+    pub fn cpu(&self) -> anyhow::Result<Cpu> {
         let threads = self.lock();
         let mut total = threads.ended;
         for stat in &threads.live {
-            total += cpu_seconds_of(stat)?;
+            total = total + cpu_of(stat)?;
         }
         Ok(total)
     }
@@ -60,7 +65,7 @@ impl Meter {
                 // Under the lock, so that no reading counts this thread
                 // twice or not at all.
                 let mut threads = meter.lock();
-                threads.ended += cpu_seconds_of(&stat).unwrap_or(0.0);
+                threads.ended = threads.ended + cpu_of(&stat).unwrap_or_default();
                 threads.live.retain(|s| *s != stat);
             }
         })?;

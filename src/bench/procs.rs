@@ -165,6 +165,11 @@ impl Proc {
         cpu_seconds(self.pid())
     }
 
+    /// User and system CPU time, in seconds.
+    pub fn cpu(&self) -> anyhow::Result<Cpu> {
+        cpu_of(Path::new(&format!("/proc/{}/stat", self.pid())))
+    }
+
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         rss_kib(self.pid())
@@ -181,13 +186,49 @@ impl Drop for Proc {
 /// Clock ticks per second in /proc/PID/stat (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
-/// utime + stime of `pid` from /proc/PID/stat, in seconds.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    cpu_seconds_of(Path::new(&format!("/proc/{pid}/stat")))
+/// User and system CPU time, in seconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Cpu {
+    /// utime: the process's own code (TLS, HTTP/2, copies in user space).
+    pub user: f64,
+    /// stime: the kernel on its behalf (socket reads and writes, wake-ups).
+    pub system: f64,
 }
 
-/// utime + stime from a process's or a thread's `stat` file, in seconds.
-pub fn cpu_seconds_of(path: &Path) -> anyhow::Result<f64> {
+impl Cpu {
+    /// User + system.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, other: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - other.user,
+            system: self.system - other.system,
+        }
+    }
+}
+
+/// utime + stime of `pid` from /proc/PID/stat, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    cpu_of(Path::new(&format!("/proc/{pid}/stat"))).map(Cpu::total)
+}
+
+/// utime and stime from a process's or a thread's `stat` file.
+pub fn cpu_of(path: &Path) -> anyhow::Result<Cpu> {
     let stat = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let path = path.display();
     // The command name may hold spaces; fields are counted after its ')'.
@@ -203,7 +244,10 @@ pub fn cpu_seconds_of(path: &Path) -> anyhow::Result<f64> {
             .with_context(|| format!("{path}: no field {}", i + 3))
     };
     // Fields 14 and 15 of the man page; the slice starts at field 3.
-    Ok((field(11)? + field(12)?) / TICKS)
+    Ok(Cpu {
+        user: field(11)? / TICKS,
+        system: field(12)? / TICKS,
+    })
 }
 
 /// VmRSS of `pid` from /proc/PID/status, in KiB.
@@ -215,4 +259,33 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{path}: no VmRSS"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_system_time_are_read_after_a_command_name_with_spaces() {
+        let dir = std::env::temp_dir().join(format!("postern-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stat = dir.join("stat");
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime ...
+        std::fs::write(
+            &stat,
+            "42 (a (b) c) S 1 42 42 0 -1 4194560 10 0 0 0 250 75 0 0\n",
+        )
+        .unwrap();
+        let cpu = cpu_of(&stat).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            cpu,
+            Cpu {
+                user: 2.5,
+                system: 0.75
+            }
+        );
+        assert_eq!(cpu.total(), 3.25);
+    }
 }

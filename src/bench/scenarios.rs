@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::floor::{self, Meter};
-use super::procs::{Pki, Proc};
+use super::procs::{Cpu, Pki, Proc};
 use super::report::{quantile, Report, Row};
 use super::{relay, traffic, Scenario, Sizes};
 
@@ -37,6 +37,11 @@ struct Env<'a> {
 impl Env<'_> {
     fn cpu(&self) -> anyhow::Result<f64> {
         Ok(self.client.cpu_seconds()? + self.server.cpu_seconds()?)
+    }
+
+    /// User and system CPU time of client and server together.
+    fn cpu_times(&self) -> anyhow::Result<Cpu> {
+        Ok(self.client.cpu()? + self.server.cpu()?)
     }
 
     /// A relay with the emulated RTT in front of `target`.
@@ -139,33 +144,37 @@ async fn bulk(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
     let (floor, relays) = &env.floor;
     for up in [true, false] {
         let dir = if up { "upload" } else { "download" };
-        let cpu0 = env.cpu()?;
+        let cpu0 = env.cpu_times()?;
         let t = transfer(env.client.addr, n, up)
             .await
             .with_context(|| format!("{dir} through postern"))?;
-        let cpu = env.cpu()? - cpu0;
+        let cpu = env.cpu_times()? - cpu0;
         let b = transfer(env.backend, n, up)
             .await
             .with_context(|| format!("{dir} over raw TCP"))?;
-        let relays0 = relays.cpu_seconds()?;
+        let relays0 = relays.cpu()?;
         let f = transfer(*floor, n, up)
             .await
             .with_context(|| format!("{dir} through the plain relays"))?;
-        let floor_cpu = relays.cpu_seconds()? - relays0;
+        let floor_cpu = relays.cpu()? - relays0;
         let metric = format!("{dir} {} MiB, verified", n >> 20);
         report.add(throughput_row("bulk", &metric, mbps(n, t), mbps(n, b)));
-        let mut row = cpu_row("bulk", dir, cpu, n, t);
-        let floor_per_gb = per_gb(floor_cpu, n);
+        let mut row = cpu_row("bulk", dir, cpu.total(), n, t);
+        let floor_per_gb = per_gb(floor_cpu.total(), n);
         row.baseline = Some(floor_per_gb);
         let ratio = match row.postern {
             // Small transfers can take the relays less than a clock tick.
             Some(p) if floor_per_gb > 0.0 => format!("{:.2}x their CPU", p / floor_per_gb),
             _ => "their CPU under a clock tick".into(),
         };
+        // The kernel's part beside the relays', which is nearly all kernel:
+        // what is left above it is Postern's own work in user space.
         row.note = format!(
-            "{}; raw: two plain relays, {:.0} MB/s; {ratio}",
+            "{}, system {:.2}; raw: two plain relays, {:.0} MB/s, system {:.2}; {ratio}",
             row.note,
-            mbps(n, f)
+            per_gb(cpu.system, n),
+            mbps(n, f),
+            per_gb(floor_cpu.system, n),
         );
         report.add(row);
     }
