@@ -162,7 +162,7 @@ impl Proc {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds(self.pid())
+        self.cpu().map(Cpu::total)
     }
 
     /// User and system CPU time, in seconds.
@@ -220,11 +220,6 @@ impl std::ops::Sub for Cpu {
             system: self.system - other.system,
         }
     }
-}
-
-/// utime + stime of `pid` from /proc/PID/stat, in seconds.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    cpu_of(Path::new(&format!("/proc/{pid}/stat"))).map(Cpu::total)
 }
 
 /// utime and stime from a process's or a thread's `stat` file.
