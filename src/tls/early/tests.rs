@@ -98,6 +98,22 @@ fn configs(name: &str) -> (Fixture, Arc<ServerConfig>, Arc<rustls::ClientConfig>
     (certs, server, client)
 }
 
+/// A full handshake over a pipe of `pipe` bytes: the client's stream and
+/// the server's.
+async fn handshake(
+    server: Arc<ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    pipe: usize,
+) -> (
+    tokio_rustls::client::TlsStream<DuplexStream>,
+    ServerTls<DuplexStream>,
+) {
+    let (a, b) = duplex(pipe);
+    let connector = TlsConnector::from(client);
+    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server, b, LIMIT));
+    (c.unwrap(), s.unwrap())
+}
+
 /// [`configs`] after a [`first_connection`]: the client holds a session to
 /// resume with early data.
 async fn resumable(name: &str) -> (Fixture, Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
@@ -256,10 +272,7 @@ async fn a_client_whose_0rtt_handshake_goes_unanswered_gives_up_at_its_limit() {
 async fn bulk_both_ways_and_close_notify_end_the_stream_cleanly() {
     let (_certs, server, client) = configs("bulk");
     // A pipe smaller than one direction's data: both sides wait on it.
-    let (a, b) = duplex(16 * 1024);
-    let connector = TlsConnector::from(client);
-    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server, b, LIMIT));
-    let (c, s) = (c.unwrap(), s.unwrap());
+    let (c, s) = handshake(server, client, 16 * 1024).await;
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let expect = data.clone();
     let (mut cr, mut cw) = tokio::io::split(c);
@@ -309,10 +322,7 @@ async fn bulk_both_ways_and_close_notify_end_the_stream_cleanly() {
 #[tokio::test]
 async fn a_read_fills_the_callers_buffer_without_zeroing_the_rest_of_it() {
     let (_certs, server, client) = configs("no-zeroing");
-    let (a, b) = duplex(64 * 1024);
-    let connector = TlsConnector::from(client);
-    let (c, s) = tokio::join!(connector.connect(localhost(), a), accept(server, b, LIMIT));
-    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    let (mut c, mut s) = handshake(server, client, 64 * 1024).await;
     c.write_all(&[7u8; 100]).await.unwrap();
     c.flush().await.unwrap();
 
