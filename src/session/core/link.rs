@@ -53,6 +53,16 @@ const READS_PER_POLL: usize = 8;
 /// keeps in the peer's replay buffer being of any weight.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(10);
 
+/// An ACK not yet sent, on an idle carrier (see [`ACK_DELAY`]).
+enum AckWait {
+    /// None waits.
+    No,
+    /// Waiting at most until this fires.
+    Until(Pin<Box<tokio::time::Sleep>>),
+    /// The wait is over: the ACK goes on its own.
+    Over,
+}
+
 /// The current carrier and what has been sent on it.
 pub(super) struct Link {
     pub(super) io: Box<dyn Carrier>,
@@ -64,11 +74,8 @@ pub(super) struct Link {
     pub(super) close_sent: bool,
     /// The last ACK value sent on this carrier.
     pub(super) acked_sent: Option<u64>,
-    /// Running while an ACK waits for something to ride with
-    /// ([`ACK_DELAY`]).
-    pub(super) ack_delay: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// [`ACK_DELAY`] has passed: the waiting ACK goes on its own.
-    pub(super) ack_delay_over: bool,
+    /// Whether an unsent ACK waits for something to ride with.
+    ack_wait: AckWait,
     pub(super) read_idle: bool,
     pub(super) unflushed: bool,
 }
@@ -88,8 +95,7 @@ impl Link {
             fin_sent,
             close_sent: false,
             acked_sent,
-            ack_delay: None,
-            ack_delay_over: false,
+            ack_wait: AckWait::No,
             read_idle: false,
             unflushed: false,
         }
@@ -160,10 +166,9 @@ impl State {
                 self.stage(link, config);
             }
             if link.out.is_empty() {
-                if let Some(delay) = &mut link.ack_delay {
-                    if delay.as_mut().poll(cx).is_ready() {
-                        link.ack_delay = None;
-                        link.ack_delay_over = true;
+                if let AckWait::Until(at) = &mut link.ack_wait {
+                    if at.as_mut().poll(cx).is_ready() {
+                        link.ack_wait = AckWait::Over;
                         continue;
                     }
                 }
@@ -193,10 +198,6 @@ impl State {
     fn stage(&mut self, link: &mut Link, config: &Config) {
         let ack = self.consumed_units();
         let idle = self.inbox.is_empty() && link.read_idle;
-        // DATA, FIN or CLOSE that go out now: an ACK rides with them free.
-        let sending = link.sent.max(self.replay.base()) < self.replay.end()
-            || (self.fin_queued && !link.fin_sent)
-            || (self.close_queued.is_some() && !link.close_sent);
         let due = match link.acked_sent {
             None => true,
             Some(last) if last == ack => false,
@@ -207,10 +208,13 @@ impl State {
             // at most ACK_DELAY, or sooner with a frame to ride with.
             Some(last) => {
                 ack - last >= (config.window as u64 / 8).max(1)
-                    || sending
                     || self.eof_read
                     || self.draining
-                    || (idle && link.ack_delay_over)
+                    // DATA, FIN or CLOSE go out now: it rides with them.
+                    || link.sent.max(self.replay.base()) < self.replay.end()
+                    || (self.fin_queued && !link.fin_sent)
+                    || (self.close_queued.is_some() && !link.close_sent)
+                    || (idle && matches!(link.ack_wait, AckWait::Over))
             }
         };
         if due {
@@ -218,10 +222,9 @@ impl State {
             link.acked_sent = Some(ack);
         }
         if link.acked_sent == Some(ack) {
-            link.ack_delay = None;
-            link.ack_delay_over = false;
-        } else if idle && link.ack_delay.is_none() && !link.ack_delay_over {
-            link.ack_delay = Some(Box::pin(tokio::time::sleep(ACK_DELAY)));
+            link.ack_wait = AckWait::No;
+        } else if idle && matches!(link.ack_wait, AckWait::No) {
+            link.ack_wait = AckWait::Until(Box::pin(tokio::time::sleep(ACK_DELAY)));
         }
         // What the peer has acknowledged it has, whichever carrier brought
         // the ACK (one arriving late on a retired carrier can pass the
