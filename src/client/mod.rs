@@ -304,10 +304,7 @@ impl Forward {
             (Err(_), true, _) => None,
             // The front end's or server's status says more than the
             // handshake that it cut short.
-            (Err(_), _, Some(e)) => Some((
-                Err(anyhow::Error::new(e).context("tunnel")),
-                Stats::default(),
-            )),
+            (Err(_), _, Some(e)) => Some((Err(anyhow::Error::new(e).context("tunnel")), stats)),
             (result, _, _) => Some((result, stats)),
         }
     }
