@@ -16,6 +16,8 @@ pub struct Report {
     pub rtt_ms: u64,
     /// CPUs available to this process.
     pub cpus: usize,
+    /// Whose AES-GCM seals the records on this CPU.
+    pub record_ciphers: &'static str,
     /// The open-file limit the run had.
     pub fd_limit: u64,
     /// The figures.
@@ -47,6 +49,7 @@ impl Report {
             quick,
             rtt_ms,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            record_ciphers: crate::tls::RecordCiphers::here().name(),
             fd_limit,
             rows: Vec::new(),
         }
@@ -63,10 +66,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "postern {} bench{} on {} CPUs, emulated RTT {} ms",
+            "postern {} bench{} on {} CPUs, record ciphers from {}, emulated RTT {} ms",
             self.version,
             if self.quick { " --quick" } else { "" },
             self.cpus,
+            self.record_ciphers,
             self.rtt_ms
         );
         let _ = writeln!(

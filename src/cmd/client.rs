@@ -239,7 +239,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let listener = TcpListener::bind(local)
             .await
             .with_context(|| format!("cannot listen on {local}"))?;
-        info!(listen = %listener.local_addr()?, %url, "client forwarding");
+        info!(
+            listen = %listener.local_addr()?,
+            %url,
+            record_ciphers = crate::tls::RecordCiphers::here().name(),
+            "client forwarding"
+        );
         tasks.spawn(client::serve_draining(
             listener,
             forward,

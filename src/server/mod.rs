@@ -66,6 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         mode = if material.outer.is_some() { "tls" } else { "h2c" },
         inner_tls = material.inner_tls(),
+        record_ciphers = crate::tls::RecordCiphers::here().name(),
         routes = material.routes.iter().count(),
         crls = ?args.crl,
         metrics = ?config.metrics_addr,

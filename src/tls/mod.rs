@@ -23,7 +23,7 @@ pub use config::{
     outer_server_config, peer_identity, ALPN_H2, EARLY_DATA_LIMIT,
 };
 pub use failure::HandshakeFailure;
-pub use provider::provider;
+pub use provider::{provider, RecordCiphers};
 pub use slot::CertSlot;
 
 #[cfg(test)]

@@ -97,3 +97,39 @@ fn every_default_suite_stays_on_offer() {
         "same suites as aws-lc-rs offers, reordered"
     );
 }
+
+/// Where a suite's implementation lives: two libraries' suites with the same
+/// id compare equal, so they are told apart by address.
+fn implementation(suite: &rustls::SupportedCipherSuite) -> *const () {
+    match suite {
+        rustls::SupportedCipherSuite::Tls13(s) => std::ptr::from_ref(*s).cast(),
+        rustls::SupportedCipherSuite::Tls12(s) => std::ptr::from_ref(*s).cast(),
+    }
+}
+
+#[test]
+fn the_record_ciphers_come_from_the_library_chosen_for_this_cpu() {
+    let (chosen, other) = match RecordCiphers::here() {
+        RecordCiphers::AwsLc => (
+            rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::crypto::ring::default_provider(),
+        ),
+        RecordCiphers::Ring => (
+            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ),
+    };
+    let from = |p: &rustls::crypto::CryptoProvider| -> Vec<_> {
+        p.cipher_suites.iter().map(implementation).collect()
+    };
+    let (chosen, other) = (from(&chosen), from(&other));
+    for suite in &provider().cipher_suites {
+        let at = implementation(suite);
+        assert!(
+            chosen.contains(&at) && !other.contains(&at),
+            "{:?} is not {}'s",
+            suite.suite(),
+            RecordCiphers::here().name()
+        );
+    }
+}
