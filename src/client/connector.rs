@@ -276,6 +276,7 @@ impl Connector {
         if let Err(e) = crate::transport::socket::tune_outer(&tcp) {
             debug!(error = %e, "cannot set the outer socket's options");
         }
+        let tcp = crate::transport::socket::buffered(tcp);
         match (&self.outer, self.target.tls) {
             (Some(outer), true) => {
                 let host = self.target.host.clone();

@@ -108,6 +108,7 @@ async fn connection(
     if let Err(e) = crate::transport::socket::tune_outer(&sock) {
         debug!(error = %e, "cannot set the outer socket's options");
     }
+    let sock = crate::transport::socket::buffered(sock);
     let limit = config.limits.handshake_timeout;
     // The outer config is taken per connection: a reload applies to new connections.
     let outer = config.live.material().outer.clone();
