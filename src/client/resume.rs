@@ -96,8 +96,12 @@ enum Attempt {
     Over,
     /// `404`: not known where the request landed.
     Unknown,
-    /// Refused for good, or an answer that does not verify.
+    /// Refused for good: the session stays where it was, if anywhere.
     Fatal(String),
+    /// A `200` whose answer does not verify. The server may have moved
+    /// the session to the stream that answered, and stopped writing on
+    /// the old one: the session cannot go on anywhere.
+    Rejected(String),
     /// The stream or connection failed, or the front end answered an error.
     Retry(String),
 }
@@ -144,6 +148,9 @@ impl Keeper<'_> {
                         match self.attempt().await {
                             Attempt::Resumed => debug!("session moved to a fresh stream"),
                             Attempt::Over => return,
+                            Attempt::Rejected(why) => {
+                                return self.end("session moved and not resumed", why)
+                            }
                             _ => debug!("moving the session failed; it stays where it is"),
                         }
                         since = Instant::now();
@@ -177,7 +184,7 @@ impl Keeper<'_> {
                     }
                     "unknown session".to_owned()
                 }
-                Attempt::Fatal(why) => return self.give_up(why),
+                Attempt::Fatal(why) | Attempt::Rejected(why) => return self.give_up(why),
                 Attempt::Retry(why) => why,
             };
             if started.elapsed() + backoff >= self.policy.session.grace {
@@ -193,9 +200,13 @@ impl Keeper<'_> {
     }
 
     fn give_up(&self, why: String) {
-        warn!(reason = %why, "tunnel cut and not resumed: closing the local connection");
-        self.handle
-            .abandon(format!("tunnel cut and not resumed: {why}"));
+        self.end("tunnel cut and not resumed", why)
+    }
+
+    /// Ends the session and with it the local connection, saying why.
+    fn end(&self, what: &str, why: String) {
+        warn!(reason = %why, "{what}: closing the local connection");
+        self.handle.abandon(format!("{what}: {why}"));
     }
 
     /// One resume request on a new stream.
@@ -232,13 +243,13 @@ impl Keeper<'_> {
         self.cookies.update(&head);
         let answer = match ResumeResponse::from_headers(&head) {
             Ok(a) => a,
-            Err(e) => return Attempt::Fatal(format!("the server's resume answer: {e}")),
+            Err(e) => return Attempt::Rejected(format!("the server's resume answer: {e}")),
         };
         // A stream still up (a move) is ended by the session: our
         // END_STREAM, then the server's last frames and its END_STREAM.
         match self.handle.complete_resume(stream, &request, &answer) {
             Ok(_) => Attempt::Resumed,
-            Err(refusal) => Attempt::Fatal(format!("the server's resume answer: {refusal}")),
+            Err(refusal) => Attempt::Rejected(format!("the server's resume answer: {refusal}")),
         }
     }
 }

@@ -358,6 +358,58 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
     shutdown.cancel();
 }
 
+/// A front end that alters the server's answer to a move: the server has
+/// moved the session to the new stream and writes no more on the old one,
+/// so the client must not stay there. It closes the local connection and
+/// says why, instead of leaving the application waiting.
+#[tokio::test]
+async fn a_move_whose_answer_does_not_verify_closes_the_connection_and_says_why() {
+    if !caddy::installed("a_move_whose_answer_does_not_verify_closes_the_connection_and_says_why") {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let server = child::server(&pki, backend.addr, &[]);
+    // Every response gets a proof of 32 zero bytes: the first `200` has no
+    // use for one, and a resume's `200` no longer verifies.
+    let opts = caddy::Options {
+        proxy: format!(
+            "header_down {} \"{}=\"",
+            handshake::RESUME_PROOF,
+            "A".repeat(43)
+        ),
+        ..caddy::Options::default()
+    };
+    let front = Caddy::start_with(&pki, server.addr, caddy::free_port().await, &opts).await;
+    let ca = pki.p("ca.pem");
+    let mut flags = child::client_flags(&pki);
+    flags.extend(["--url".into(), front.url(), "--tls-ca".into(), ca]);
+    flags.extend(["--max-request-age".into(), "1s".into()]);
+    flags.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let client = Proc::start("client", &flags, "listen");
+    let mut sock = TcpStream::connect(client.addr).await.expect("connect");
+    sock.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    tokio::time::timeout(LIMIT, sock.read_exact(&mut got))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(&got, b"ping");
+    // The move comes a second after the tunnel opened.
+    let end = tokio::time::timeout(LIMIT, sock.read(&mut got))
+        .await
+        .expect("the local connection was closed, not left waiting");
+    assert!(matches!(end, Ok(0) | Err(_)), "closed, not data: {end:?}");
+    let why = client.wait_log_lines("session moved and not resumed").await;
+    assert!(
+        why.iter()
+            .any(|l| l.contains("wrong_proof") || l.contains("proof")),
+        "a log line says why: {why:?} {:?}",
+        client.log_lines("resume")
+    );
+}
+
 #[tokio::test]
 async fn a_server_that_stops_offering_sessions_gets_plain_tunnels_again() {
     let pki = Pki::new();

@@ -24,6 +24,8 @@ pub fn installed(test: &str) -> bool {
 pub struct Options {
     /// Lines added to the global `servers { }` block (e.g. `timeouts { write 2s }`).
     pub servers: String,
+    /// Lines added to the `reverse_proxy { }` block (e.g. `header_down`).
+    pub proxy: String,
     /// Extra environment for the Caddy process (e.g. `GODEBUG=http2debug=2`,
     /// which makes Go log every HTTP/2 frame it reads and writes).
     pub env: Vec<(String, String)>,
@@ -78,6 +80,7 @@ https://localhost:{port} {{
 	tls {cert} {key}
 	reverse_proxy h2c://{upstream} {{
 		flush_interval -1
+		{proxy}
 		transport http {{
 			versions h2c
 		}}
@@ -86,6 +89,7 @@ https://localhost:{port} {{
 "#,
         storage = dir.path("storage").display(),
         servers = opts.servers,
+        proxy = opts.proxy,
         cert = pki.p("front.pem"),
         key = pki.p("front-key.pem"),
     )
