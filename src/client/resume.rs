@@ -6,8 +6,10 @@
 //! not know the session (`404`: it restarted, or the resume reached an
 //! instance that never had it) is asked a few times, since behind a load
 //! balancer the next try may reach the right instance; any other refusal
-//! ends the session at once. Either way the local connection is closed with
-//! a log line saying why.
+//! ends the session at once. A move that is refused leaves the session
+//! where it was, but one answered with a `200` that does not verify ends
+//! it: the server may already have left the old stream. Whenever a session
+//! ends this way the local connection is closed with a log line saying why.
 
 use std::sync::Mutex;
 use std::time::Duration;
