@@ -24,7 +24,7 @@ impl RecordCiphers {
         }
     }
 
-    /// The name the bench and the doctor print.
+    /// The name the bench's first line and the start-up log lines give.
     pub fn name(self) -> &'static str {
         match self {
             RecordCiphers::AwsLc => "aws-lc-rs (AVX-512)",
@@ -65,10 +65,11 @@ fn aws_lc_has_avx512_gcm() -> bool {
 /// *ring* has a VAES/AVX2 one. Sealing 16 KiB records with AES-128-GCM:
 /// on an Intel Xeon VM where aws-lc did not take its AVX-512 code, *ring*
 /// 6.3–7.6 GB/s against aws-lc-rs 3.2–4.0; on an AMD EPYC VM with the
-/// whole AVX-512 set, aws-lc-rs 10.1–10.5 GB/s against *ring* 5.5–6.9. AES-128 (10 rounds against 14) is the suite TLS 1.3 makes
-/// mandatory; AES-256 and ChaCha20 stay on offer. Servers follow the
-/// client's order, so a Postern client picks it for both layers. Figures
-/// are in the README's Performance section.
+/// whole AVX-512 set, aws-lc-rs 10.1–10.5 GB/s against *ring* 5.5–6.9.
+/// AES-128 (10 rounds against 14) is the suite TLS 1.3 makes mandatory;
+/// AES-256 and ChaCha20 stay on offer. Servers follow the client's order,
+/// so a Postern client picks it for both layers. Figures are in the
+/// README's Performance section.
 ///
 /// Key exchange stays at the aws-lc-rs default order (X25519 key share
 /// first; X25519MLKEM768 offered for servers that ask for it). Sending the
