@@ -29,7 +29,8 @@ use crate::cmd::bench::Args;
 pub enum Scenario {
     /// One tunnel: upload, then download, content verified; CPU per GB.
     Bulk,
-    /// 1-byte ping-pong on an idle connection.
+    /// 1-byte ping-pong on an idle connection; again through a client and
+    /// server started with `--busy-poll 100us`.
     Latency,
     /// 1-byte ping-pong on a tunnel sharing its HTTP/2 connection with a
     /// bulk one (downloading, then uploading), at 0 ms and at the RTT, and

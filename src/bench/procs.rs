@@ -56,6 +56,16 @@ impl Proc {
     /// Starts `postern server` with outer TLS (ALPN h2) and inner mTLS in
     /// front of `backend`.
     pub async fn server(pki: &Pki, backend: SocketAddr) -> anyhow::Result<Proc> {
+        Self::server_with("server", pki, backend, &[]).await
+    }
+
+    /// [`Proc::server`] with more flags; `name` names its log.
+    pub async fn server_with(
+        name: &str,
+        pki: &Pki,
+        backend: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let mut args = vec![
             "server".to_owned(),
             "--listen".into(),
@@ -66,7 +76,8 @@ impl Proc {
             "1".into(),
         ];
         args.extend(pki.certs.server_flags(true));
-        Self::start("server", pki, &args, "server listening", "addr").await
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::start(name, pki, &args, "server listening", "addr").await
     }
 
     /// Starts `postern client` forwarding to `https://localhost:PORT/`;

@@ -246,6 +246,35 @@ async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
         baseline: Some(per_trip(floor_cpu)),
         note: "raw: the two plain relays".into(),
     });
+    busy_polling(env, &mut b, report).await
+}
+
+/// The idle round trip again through a client and server that busy-poll
+/// (`--busy-poll`, off by default), against raw TCP's times `b`.
+async fn busy_polling(env: &Env<'_>, b: &mut [f64], report: &mut Report) -> anyhow::Result<()> {
+    const FLAGS: &[&str] = &["--busy-poll", BUSY_POLL];
+    const BUSY_POLL: &str = "100us";
+    let server = Proc::server_with("server-busy-poll", &env.pki, env.backend, FLAGS).await?;
+    let client = Proc::client("client-busy-poll", &env.pki, server.addr.port(), FLAGS).await?;
+    traffic::quick_exchange(client.addr).await?;
+    let cpu0 = client.cpu_seconds()? + server.cpu_seconds()?;
+    let mut p = traffic::ping_pong(client.addr, env.sizes.pings)
+        .await
+        .context("ping-pong, busy polling")?;
+    let cpu = client.cpu_seconds()? + server.cpu_seconds()? - cpu0;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let metric = format!("1-byte round trip {name}, idle, --busy-poll {BUSY_POLL}");
+        let (pq, bq) = (quantile(&mut p, q), quantile(b, q));
+        report.add(round_trip_row("latency", metric, pq, bq, ""));
+    }
+    report.add(Row {
+        scenario: "latency",
+        metric: format!("CPU per idle round trip, --busy-poll {BUSY_POLL}"),
+        unit: "µs",
+        postern: Some(1e6 * cpu / env.sizes.pings.max(1) as f64),
+        baseline: None,
+        note: "client + server".into(),
+    });
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub struct Forward {
     pub handshake_timeout: Duration,
     /// Worker threads for [`serve`] (see [`crate::transport::workers`]).
     pub workers: usize,
+    /// How long a worker polls after it wakes (`--busy-poll`, see
+    /// [`crate::transport::busy_poll`]).
+    pub busy_poll: Duration,
     /// Ask for a resumable session (None: `--no-resume`, today's byte stream).
     pub resume: Option<ResumePolicy>,
 }
@@ -63,6 +66,7 @@ impl Forward {
             tokens: self.tokens.clone(),
             handshake_timeout: self.handshake_timeout,
             workers: self.workers,
+            busy_poll: self.busy_poll,
             resume: self.resume.clone(),
         }
     }
@@ -94,7 +98,7 @@ pub async fn serve_draining(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let workers = Workers::start(forward.workers, "postern-worker")
+    let workers = Workers::start(forward.workers, "postern-worker", forward.busy_poll)
         .context("cannot start the worker threads")?;
     let forwards: Vec<Arc<Forward>> = std::iter::once(forward.clone())
         .chain((1..workers.len()).map(|_| Arc::new(forward.for_worker())))

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::client::{self, Connector, Forward, IdTokens, Target, TokenSource};
-use crate::cmd::duration::{parse_duration, parse_interval};
+use crate::cmd::duration::{parse_busy_poll, parse_duration, parse_interval};
 use crate::tls::{self, pem, CertSlot};
 
 /// `postern client`: the side next to the application.
@@ -108,6 +108,12 @@ pub struct Args {
     /// before the next gets any [default: one per CPU].
     #[arg(long, env = "POSTERN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// After a worker thread wakes, keep polling its sockets this long
+    /// before it may sleep again (`50us`, `200us`; 0 = off): an answer that
+    /// comes back meanwhile is taken without a wake-up, which on a VM saves
+    /// tens of microseconds per round trip, for up to this much CPU per wake.
+    #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = parse_busy_poll)]
+    pub busy_poll: Duration,
     /// Time open tunnels get to finish after SIGTERM or SIGINT, as the
     /// server's --drain-timeout; new local connections are refused meanwhile.
     /// `500ms`, `8s`, `1m`, a bare number is seconds; 0 = close at once.
@@ -177,6 +183,7 @@ impl Forward {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
+            busy_poll: args.busy_poll,
             resume: (!args.no_resume).then(|| client::ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
                 session: crate::session::Config::with_grace(args.resume_timeout),

@@ -1,9 +1,11 @@
-//! The one parser behind every duration flag: `500ms`, `10s`, `5m` (a bare
-//! number is seconds).
+//! The one parser behind every duration flag: `100us`, `500ms`, `10s`, `5m`
+//! (a bare number is seconds).
 
 use std::time::Duration;
 
-/// Parses `90`, `90s`, `500ms` or `5m`.
+use crate::transport::busy_poll;
+
+/// Parses `90`, `90s`, `500ms`, `5m` or `100us` (also `100µs`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -12,12 +14,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number with an optional unit ms, s or m"))?;
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit us, ms, s or m"))?;
     let d = match unit {
+        "us" | "µs" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use us, ms, s or m)")),
     };
     if d.is_zero() {
         return Err(format!("{s:?}: must be more than zero"));
@@ -29,9 +32,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// turns the feature off.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     match s.trim() {
-        "0" | "0s" | "0ms" | "0m" => Ok(Duration::ZERO),
+        "0" | "0s" | "0ms" | "0m" | "0us" | "0µs" => Ok(Duration::ZERO),
         _ => parse_duration(s),
     }
+}
+
+/// `--busy-poll`: an interval up to [`busy_poll::MAX_WINDOW`].
+pub fn parse_busy_poll(s: &str) -> Result<Duration, String> {
+    let d = parse_interval(s)?;
+    if d > busy_poll::MAX_WINDOW {
+        return Err(format!(
+            "{s:?}: at most {:?}; a worker polls this long after every wake",
+            busy_poll::MAX_WINDOW
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -45,5 +60,17 @@ mod tests {
         assert_eq!(parse_interval("20ms"), Ok(Duration::from_millis(20)));
         assert!(parse_duration("0").is_err());
         assert!(parse_interval("-1").is_err());
+    }
+
+    #[test]
+    fn microseconds_parse_and_busy_poll_is_bounded() {
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("100µs"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_busy_poll("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("10ms"), Ok(Duration::from_millis(10)));
+        let err = parse_busy_poll("11ms").unwrap_err();
+        assert!(err.contains("at most 10ms"), "{err}");
+        let err = parse_busy_poll("5x").unwrap_err();
+        assert!(err.contains("unknown unit \"x\""), "{err}");
     }
 }

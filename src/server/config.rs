@@ -41,6 +41,9 @@ pub struct Config {
     pub(crate) observer: Option<Observer>,
     /// Worker threads that serve connections (see [`crate::transport::workers`]).
     pub workers: usize,
+    /// How long a worker polls after it wakes (`--busy-poll`, see
+    /// [`crate::transport::busy_poll`]).
+    pub busy_poll: Duration,
     /// Process-wide connection limit (`--max-connections`): beyond it a
     /// connection is closed at once.
     pub connections: Arc<Semaphore>,
@@ -124,6 +127,7 @@ impl Config {
             workers: args
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
+            busy_poll: args.busy_poll,
             connections: Arc::new(Semaphore::new(args.max_connections as usize)),
             connection_idle_timeout: (!args.connection_idle_timeout.is_zero())
                 .then_some(args.connection_idle_timeout),

@@ -30,7 +30,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
-    let workers = Workers::start(config.workers, "postern-worker")
+    let workers = Workers::start(config.workers, "postern-worker", config.busy_poll)
         .context("cannot start the worker threads")?;
     tokio::spawn(
         config

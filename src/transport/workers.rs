@@ -19,11 +19,14 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{warn, Instrument, Span};
+
+use super::busy_poll;
 
 /// Task polls between two looks at the sockets (tokio's default is 61).
 /// A busy tunnel is always ready to run, so its HTTP/2 connection task only
@@ -57,15 +60,18 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts `count` (at least one) worker threads named `name-N`.
-    pub fn start(count: usize, name: &str) -> std::io::Result<Workers> {
+    /// Starts `count` (at least one) worker threads named `name-N`, each
+    /// polling for `busy_poll` after it wakes (see [`busy_poll`]; zero:
+    /// never).
+    pub fn start(count: usize, name: &str, busy_poll: Duration) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
         let mut workers = Vec::new();
         for i in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .event_interval(EVENT_INTERVAL)
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all().event_interval(EVENT_INTERVAL);
+            busy_poll::install(&mut builder, busy_poll);
+            let runtime = builder.build()?;
+            busy_poll::keeper(&runtime, busy_poll);
             let handle = runtime.handle().clone();
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -166,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_runs_on_the_chosen_worker_and_load_is_counted() {
-        let workers = Workers::start(2, "test-worker").unwrap();
+        let workers = Workers::start(2, "test-worker", Duration::ZERO).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (names, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -217,5 +223,56 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "loads never fell");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod busy_poll_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Times worker 0 of a fresh set went to sleep while it echoed
+    /// `exchanges` bytes, one at a time, each awaited by the peer.
+    async fn sleeps_while_echoing(busy_poll: Duration, exchanges: usize) -> u64 {
+        let workers = Workers::start(1, "test-busy-poll", busy_poll).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (sock, _) = listener.accept().await.unwrap();
+        workers.run(0, sock, Span::none(), |mut sock| async move {
+            let mut b = [0u8; 1];
+            while sock.read_exact(&mut b).await.is_ok() {
+                if sock.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let metrics = workers.workers[0].handle.metrics();
+        let mut b = [0u8; 1];
+        // One exchange first: the worker has registered the socket and
+        // opened its window.
+        peer.write_all(b"x").await.unwrap();
+        peer.read_exact(&mut b).await.unwrap();
+        let before = metrics.worker_park_count(0);
+        for i in 0..exchanges {
+            peer.write_all(&[i as u8]).await.unwrap();
+            peer.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i as u8);
+        }
+        metrics.worker_park_count(0) - before
+    }
+
+    #[tokio::test]
+    async fn a_busy_polling_worker_takes_the_next_exchange_without_sleeping() {
+        // Each exchange waits for the peer, so a worker that does not poll
+        // sleeps in most of them (in some the next byte is already there
+        // when it looks at its sockets between tasks).
+        let exchanges = 50;
+        let plain = sleeps_while_echoing(Duration::ZERO, exchanges).await;
+        assert!(plain >= exchanges as u64 / 2, "slept {plain} times");
+        // With a window far longer than the test, it never sleeps again.
+        let polling = sleeps_while_echoing(Duration::from_secs(60), exchanges).await;
+        assert_eq!(polling, 0, "a busy-polling worker slept");
     }
 }

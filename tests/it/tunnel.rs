@@ -108,6 +108,7 @@ async fn client_without_certificate_is_refused_before_backend() {
         tokens: None,
         handshake_timeout: LIMIT,
         workers: workers::default_count(),
+        busy_poll: std::time::Duration::ZERO,
         resume: None,
     });
     let client = start_forward(forward, &shutdown).await;

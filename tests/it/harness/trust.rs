@@ -56,6 +56,7 @@ pub async fn raw_client(
         tokens: None,
         handshake_timeout: LIMIT,
         workers: workers::default_count(),
+        busy_poll: std::time::Duration::ZERO,
         resume: None,
     });
     start_forward(forward, shutdown).await
