@@ -29,7 +29,8 @@
 //!   bidirectional copy and its counts, in turns that yield to the
 //!   worker's other tasks and offer the CPU to other threads), `accept`
 //!   (the one accept loop), `workers` (single-threaded runtimes; a connection and all it carries
-//!   stay on one), `socket` (options of the outer TCP sockets, and the
+//!   stay on one), `busy_poll` (how long a woken worker keeps polling
+//!   before it sleeps, `--busy-poll`), `socket` (options of the outer TCP sockets, and the
 //!   buffer their reads go through).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
