@@ -235,15 +235,12 @@ async fn latency(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
             " over two plain relays",
         ));
     }
-    // Ticks of 10 ms over a few hundred milliseconds: a coarse figure in
-    // `--quick` runs.
-    let per_trip = |cpu: f64| 1e6 * cpu / pings.max(1) as f64;
     report.add(Row {
         scenario: "latency",
         metric: "CPU per idle round trip, client + server".into(),
         unit: "µs",
-        postern: Some(per_trip(cpu)),
-        baseline: Some(per_trip(floor_cpu)),
+        postern: Some(per_trip(cpu, pings)),
+        baseline: Some(per_trip(floor_cpu, pings)),
         note: "raw: the two plain relays".into(),
     });
     busy_polling(env, &mut b, report).await
@@ -271,11 +268,17 @@ async fn busy_polling(env: &Env<'_>, b: &mut [f64], report: &mut Report) -> anyh
         scenario: "latency",
         metric: format!("CPU per idle round trip, --busy-poll {BUSY_POLL}"),
         unit: "µs",
-        postern: Some(1e6 * cpu / env.sizes.pings.max(1) as f64),
+        postern: Some(per_trip(cpu, env.sizes.pings)),
         baseline: None,
         note: "client + server".into(),
     });
     Ok(())
+}
+
+/// CPU seconds over `pings` round trips, in µs per round trip. Ticks of
+/// 10 ms over a few hundred milliseconds: a coarse figure in `--quick` runs.
+fn per_trip(cpu: f64, pings: usize) -> f64 {
+    1e6 * cpu / pings.max(1) as f64
 }
 
 type Streams = (Vec<Arc<AtomicU64>>, Vec<tokio::task::JoinHandle<()>>);

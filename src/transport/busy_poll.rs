@@ -16,7 +16,7 @@
 //! while two plain relays took 118–133 µs.
 //!
 //! The cost is CPU: after every wake from sleep a worker polls for the whole
-//! window (one `epoll_wait` with no timeout, then `sched_yield`, so that a
+//! window (one `epoll_wait` with a zero timeout, then `sched_yield`, so that a
 //! thread woken on this CPU runs at once), so an exchange that wakes a
 //! worker costs it up to the window in CPU time, and a worker woken more
 //! often than that never sleeps. A busy worker is unchanged: it polls its
@@ -50,23 +50,17 @@ thread_local! {
     static KEEPER: RefCell<Option<Waker>> = const { RefCell::new(None) };
 }
 
-/// Makes runtimes built by `builder` poll for `window` after each wake;
-/// each must then run [`keeper`] (a zero window changes nothing).
-pub fn install(builder: &mut Builder, window: Duration) {
+/// Builds the runtime of `builder`, polling for `window` after each wake
+/// (a zero window changes nothing).
+pub fn build(mut builder: Builder, window: Duration) -> std::io::Result<Runtime> {
     if window.is_zero() {
-        return;
+        return builder.build();
     }
-    builder
+    let runtime = builder
         .on_thread_park(move || before_park(window))
-        .on_thread_unpark(move || after_unpark(window));
-}
-
-/// Spawns, on a runtime set up by [`install`], the task that the park hook
-/// wakes so that the runtime does not block.
-pub fn keeper(runtime: &Runtime, window: Duration) {
-    if window.is_zero() {
-        return;
-    }
+        .on_thread_unpark(move || after_unpark(window))
+        .build()?;
+    // The task the park hook wakes so that the runtime does not block.
     runtime.spawn(poll_fn(|cx| {
         KEEPER.with(|k| {
             let mut k = k.borrow_mut();
@@ -76,6 +70,7 @@ pub fn keeper(runtime: &Runtime, window: Duration) {
         });
         Poll::<()>::Pending
     }));
+    Ok(runtime)
 }
 
 fn before_park(window: Duration) {

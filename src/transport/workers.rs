@@ -69,9 +69,7 @@ impl Workers {
         for i in 0..count.max(1) {
             let mut builder = tokio::runtime::Builder::new_current_thread();
             builder.enable_all().event_interval(EVENT_INTERVAL);
-            busy_poll::install(&mut builder, busy_poll);
-            let runtime = builder.build()?;
-            busy_poll::keeper(&runtime, busy_poll);
+            let runtime = busy_poll::build(builder, busy_poll)?;
             let handle = runtime.handle().clone();
             let stop = stop.clone();
             std::thread::Builder::new()
