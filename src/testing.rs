@@ -17,6 +17,11 @@ pub mod proxy_protocol {
     pub use crate::server::proxy_protocol::{encode, Header};
 }
 
+/// The routes/policy config file's parser, for the fuzz targets.
+pub fn parse_config(text: &str) -> anyhow::Result<crate::server::Routes> {
+    crate::server::parse_config(text)
+}
+
 /// Sends every finished tunnel's report to the returned receiver.
 ///
 /// Unbounded, which suits a test that reads every report; a long-running

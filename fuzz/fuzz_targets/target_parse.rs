@@ -1,15 +1,4 @@
-//! `--url` parsing: any string must parse or fail cleanly, and a parsed
-//! target must be self-consistent.
+//! `cargo fuzz run target_parse`: the body is `postern_fuzz::target_parse` (fuzz/src/lib.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use postern::client::connector::Target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(url) = std::str::from_utf8(data) {
-        if let Ok(t) = Target::parse(url) {
-            assert_eq!(t.tls, t.uri.scheme_str() == Some("https"));
-            assert!(t.uri.query().is_none());
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| postern_fuzz::target_parse(data));

@@ -42,6 +42,7 @@ use tracing::info;
 
 pub use args::Args;
 pub use config::Config;
+pub(crate) use config_file::parse_config;
 pub use metrics::Metrics;
 pub use reload::{Live, Material, ReloadStatus};
 pub use report::{TunnelError, TunnelReport};

@@ -15,6 +15,7 @@ mod caddy;
 mod cli;
 mod doctor;
 mod faults;
+mod fuzz_corpus;
 mod haproxy;
 mod hardening;
 mod http;
