@@ -3,8 +3,11 @@
 //! A tunnel takes a slot on the first live connection with fewer than
 //! `max_streams` open tunnels (fill-first: fewer connections, warmer windows),
 //! and a new connection is dialled only when none has room. Streams of one
-//! connection all land on one Cloud Run instance, so `max_streams` is also the
-//! load-balancing knob; `1` gives every tunnel its own connection.
+//! connection all land on one Cloud Run instance, so `max_streams` bounds how
+//! many tunnels share an instance's request slots through one connection; `1`
+//! gives every tunnel its own connection (and lets the front end place each
+//! one). Where a tunnel's session resumes is the affinity cookie's business
+//! (`resume`), not this pool's.
 //!
 //! A connection that ends or receives GOAWAY is dropped from the pool; its
 //! open tunnels run on until they finish, new ones go to a fresh connection.

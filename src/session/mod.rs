@@ -49,7 +49,7 @@ pub use self::registry::{Limits, Refusal, Registry, Usage};
 /// stalls waiting for acknowledgements: what the peer has not acknowledged
 /// is exactly what is in flight plus what the peer's application has not
 /// read yet. Today's HTTP/2 stream window is 8 MiB
-/// ([`crate::transport::stream::STREAM_WINDOW`]), chosen because it carries
+/// ([`crate::transport::settings::STREAM_WINDOW`]), chosen because it carries
 /// one tunnel past 100 MB/s at 20 ms RTT (~143 MB/s measured); a smaller
 /// replay buffer would become the new limit, a larger one would only let a
 /// stalled peer pin more memory. So the same 8 MiB: at 20 ms that is

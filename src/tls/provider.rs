@@ -68,8 +68,8 @@ fn aws_lc_has_avx512_gcm() -> bool {
 /// whole AVX-512 set, aws-lc-rs 10.1–10.5 GB/s against *ring* 5.5–6.9.
 /// AES-128 (10 rounds against 14) is the suite TLS 1.3 makes mandatory;
 /// AES-256 and ChaCha20 stay on offer. Servers follow the client's order,
-/// so a Postern client picks it for both layers. Figures are in the
-/// README's Performance section.
+/// so a Postern client picks it for both layers. Figures are in
+/// docs/performance.md.
 ///
 /// Key exchange stays at the aws-lc-rs default order (X25519 key share
 /// first; X25519MLKEM768 offered for servers that ask for it). Sending the

@@ -9,7 +9,7 @@
 //! do with their workers, removes those wake-ups. Measured with `postern
 //! bench` on 2 cores (both processes, bulk, 512 MiB): CPU per GB fell from
 //! 3.3–3.8 to 2.8–3.3 s/GB and throughput rose accordingly; 1-byte
-//! ping-pong lost a wake-up per hop (see the README's Performance section).
+//! ping-pong lost a wake-up per hop (see docs/performance.md).
 //!
 //! The trade-off: one HTTP/2 connection is served by one core. A front end
 //! that multiplexes many tunnels over a single connection gets one core's

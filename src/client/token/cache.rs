@@ -87,7 +87,7 @@ impl IdTokens {
         }
     }
 
-    /// Sets the per-fetch timeout (default [`DEFAULT_FETCH_TIMEOUT`]) for this
+    /// Sets the per-fetch timeout (default `DEFAULT_FETCH_TIMEOUT`, 10 s) for this
     /// handle and clones made from it afterwards.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -99,7 +99,7 @@ impl IdTokens {
         &self.shared.audience
     }
 
-    /// Returns `Bearer <token>` valid for at least [`REFRESH_MARGIN`] more,
+    /// Returns `Bearer <token>` valid for at least `REFRESH_MARGIN` (5 min) more,
     /// fetching when the cache is empty or close to expiry. Concurrent
     /// callers share one fetch. If a refresh fails while the cached token has
     /// not yet expired, that token is returned and a warning logged.

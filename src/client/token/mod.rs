@@ -30,8 +30,8 @@
 //! needs Rust 1.91 and brings `reqwest`, `google-cloud-gax` and a JWT stack
 //! of its own (see `google`);
 //! `gcp_auth` 0.12 is built around OAuth access tokens for scopes (not ID
-//! tokens for an audience) and pulls in `hyper-rustls` with `ring`, a second
-//! crypto provider next to our `aws-lc-rs`. For one metadata GET, or running
+//! tokens for an audience) and brings `hyper-rustls` and a TLS client stack of
+//! its own beside Postern's. For one metadata GET, or running
 //! `gcloud auth print-identity-token`, neither is worth it.
 
 mod cache;

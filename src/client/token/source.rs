@@ -15,7 +15,8 @@ pub enum TokenSource {
     /// The GCE / Cloud Run metadata server:
     /// `GET http://{host}/computeMetadata/v1/instance/service-accounts/default/identity?audience={aud}&format=full`
     /// with `Metadata-Flavor: Google`. `host` is `name` or `name:port`
-    /// (port 80 when absent); see [`default_metadata_host`].
+    /// (port 80 when absent); by default `GCE_METADATA_HOST`, else
+    /// `metadata.google.internal`.
     Metadata {
         /// The server's host name or address, with an optional port.
         host: String,
