@@ -61,9 +61,11 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
     pub no_inner_tls: bool,
     /// Send a Google ID token (private Cloud Run services): `metadata`
-    /// (on Google Cloud), `metadata=HOST:PORT`, `command=CMD` (e.g.
-    /// `command=gcloud auth print-identity-token`), `file=PATH` or `env=VAR`.
-    /// Fetched once, cached and refreshed before it expires; never logged.
+    /// (on Google Cloud), `metadata=HOST:PORT`, `adc` (Application Default
+    /// Credentials), `service-account=KEY_FILE`, `impersonate=SA_EMAIL`,
+    /// `command=CMD` (e.g. `command=gcloud auth print-identity-token`),
+    /// `file=PATH` or `env=VAR`. Fetched once, cached and refreshed before
+    /// it expires; never logged.
     #[arg(long, env = "POSTERN_ID_TOKEN", value_name = "SOURCE")]
     pub id_token: Option<TokenSource>,
     /// Audience of the ID token [default: the service URL without its path].
@@ -135,7 +137,10 @@ impl Forward {
         };
         let inner = match (&args.cert, &args.key, &args.ca) {
             (Some(cert), Some(key), Some(ca)) => {
-                let slot = CertSlot::new(pem::load_identity(cert, key)?);
+                let slot = CertSlot::new(
+                    pem::load_identity(cert, key)
+                        .map_err(pem::blame(&[("--cert", cert), ("--key", key)]))?,
+                );
                 let pin = args
                     .server_identity
                     .iter()
@@ -146,7 +151,7 @@ impl Forward {
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let config = tls::inner_client_config_pinned(
                     slot,
-                    pem::load_roots(ca)?,
+                    pem::load_roots(ca).map_err(pem::blame(&[("--ca", ca)]))?,
                     crate::authz::Allow::new(pin),
                 )?;
                 let name = args

@@ -116,11 +116,15 @@ impl Sources {
         let routes = match &self.inner {
             None => routes,
             Some(f) => {
-                let slot = CertSlot::new(pem::load_identity(&f.cert, &f.key)?);
-                let roots = pem::load_roots(&f.client_ca)?;
+                let slot = CertSlot::new(
+                    pem::load_identity(&f.cert, &f.key)
+                        .map_err(pem::blame(&[("--cert", &f.cert), ("--key", &f.key)]))?,
+                );
+                let roots = pem::load_roots(&f.client_ca)
+                    .map_err(pem::blame(&[("--client-ca", &f.client_ca)]))?;
                 let mut crls = Vec::new();
                 for path in &f.crls {
-                    let these = pem::load_crls(path)?;
+                    let these = pem::load_crls(path).map_err(pem::blame(&[("--crl", path)]))?;
                     // Build once per file so a CRL webpki rejects is blamed on its file.
                     WebPkiClientVerifier::builder_with_provider(roots.clone(), tls::provider())
                         .with_crls(these.clone())
@@ -140,7 +144,10 @@ impl Sources {
         };
         let outer = match &self.outer {
             Some((cert, key)) => Some(tls::outer_server_config(
-                CertSlot::new(pem::load_identity(cert, key)?),
+                CertSlot::new(
+                    pem::load_identity(cert, key)
+                        .map_err(pem::blame(&[("--tls-cert", cert), ("--tls-key", key)]))?,
+                ),
                 self.early_data,
             )?),
             None => None,

@@ -65,6 +65,10 @@ pub fn inner_server_config(
         .with_cert_resolver(cert);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // The resume key is exported from this connection; under TLS 1.2 an
+    // exporter is only bound to the handshake with the extended master
+    // secret (RFC 7627).
+    config.require_ems = true;
     Ok(Arc::new(config))
 }
 
@@ -96,7 +100,10 @@ pub fn inner_client_config_pinned(
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinVerifier { inner: webpki, pin }));
-    Ok(Arc::new(builder.with_client_cert_resolver(cert)))
+    let mut config = builder.with_client_cert_resolver(cert);
+    // As the server's: the resume key is exported from this connection.
+    config.require_ems = true;
+    Ok(Arc::new(config))
 }
 
 /// The outer TLS server (self-hosted `postern server`, or the demo front end): ALPN h2.
@@ -150,10 +157,10 @@ pub fn outer_client_config(
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(path) = extra_ca {
-        for cert in pem::load_certs(path)? {
+        for cert in pem::load_certs(path).map_err(pem::blame(&[("--tls-ca", path)]))? {
             roots
                 .add(cert)
-                .with_context(|| format!("{}: unusable CA certificate", path.display()))?;
+                .with_context(|| format!("--tls-ca {}: unusable CA certificate", path.display()))?;
         }
     }
     let mut config = ClientConfig::builder_with_provider(provider())

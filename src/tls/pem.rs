@@ -48,6 +48,26 @@ pub enum PemError {
     },
 }
 
+impl PemError {
+    /// The file the problem is in (for a mismatched pair, the key's).
+    pub fn path(&self) -> &Path {
+        match self {
+            PemError::Unreadable { path, .. } | PemError::Validity { path, .. } => path,
+            PemError::KeyMismatch { key, .. } => key,
+        }
+    }
+}
+
+/// Names the flag that gave the offending file, so a user reads
+/// `--cert client.pem: No such file or directory` rather than a bare path.
+/// `flags` pairs each flag with the path it was given.
+pub fn blame<'a>(flags: &'a [(&'a str, &'a Path)]) -> impl Fn(PemError) -> anyhow::Error + 'a {
+    move |e| match flags.iter().find(|(_, path)| *path == e.path()) {
+        Some((flag, _)) => anyhow::anyhow!("{flag} {e}"),
+        None => e.into(),
+    }
+}
+
 fn unreadable(path: &Path, reason: impl ToString) -> PemError {
     PemError::Unreadable {
         path: path.to_owned(),

@@ -180,6 +180,12 @@ async fn bad_input_gets_one_line_errors_naming_the_culprit() {
         pki.p("server-key.pem"),
         pki.p("ca.pem"),
     );
+    // Each file error names the flag that gave the file.
+    let (cert_missing, ca_garbage, client_ca_missing) = (
+        format!("--cert {missing}"),
+        format!("--client-ca {garbage}"),
+        format!("--ca {missing}"),
+    );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -193,7 +199,23 @@ async fn bad_input_gets_one_line_errors_naming_the_culprit() {
                 "--client-ca",
                 &ca,
             ],
-            "missing.pem",
+            &cert_missing,
+        ),
+        (
+            vec![
+                "client",
+                "--url",
+                "http://127.0.0.1:1/",
+                "--listen",
+                "127.0.0.1:0",
+                "--cert",
+                &server,
+                "--key",
+                &key,
+                "--ca",
+                &missing,
+            ],
+            &client_ca_missing,
         ),
         (
             vec![
@@ -235,7 +257,7 @@ async fn bad_input_gets_one_line_errors_naming_the_culprit() {
                 "--client-ca",
                 &garbage,
             ],
-            "garbage.pem",
+            &ca_garbage,
         ),
         (
             vec![
