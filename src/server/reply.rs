@@ -4,12 +4,16 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Response, StatusCode};
 
+/// The header every answer other than a tunnel's `200` carries (what
+/// `postern doctor` looks for behind a front end).
+pub(crate) const VERSION: &str = "x-postern-version";
+
 /// Answers a non-tunnel request with a short text body.
 pub(crate) fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode, body: &'static str) {
     let response = Response::builder()
         .status(status)
         .header("content-type", "text/plain")
-        .header("x-postern-version", env!("CARGO_PKG_VERSION"))
+        .header(VERSION, env!("CARGO_PKG_VERSION"))
         .body(())
         .unwrap_or_default();
     if let Ok(mut send) = respond.send_response(response, false) {

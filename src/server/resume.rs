@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use tracing::{debug, info, warn};
 
 use crate::server::config::Config;
-use crate::server::reply::ok;
+use crate::server::reply::{ok, VERSION};
 use crate::session::handshake::RESUME_REFUSED;
 use crate::session::ResumeRequest;
 use crate::transport::stream::H2Stream;
@@ -63,6 +63,7 @@ fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, label: &'static
         .status(status)
         .header("content-type", "text/plain")
         .header(RESUME_REFUSED, label)
+        .header(VERSION, env!("CARGO_PKG_VERSION"))
         .body(())
         .unwrap_or_default();
     if let Ok(mut send) = respond.send_response(response, false) {

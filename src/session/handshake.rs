@@ -258,11 +258,15 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Strin
         .transpose()
 }
 
+/// ASCII digits only, at most `u64::MAX`: `u64`'s own parser would also take
+/// a leading `+`, which the protocol does not allow.
 fn number(headers: &HeaderMap, name: &str) -> Result<u64, String> {
     let value = text(headers, name)?.ok_or_else(|| format!("{name}: missing"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{name}: {value:?} is not a decimal number"))
+    let bad = || format!("{name}: {value:?} is not a decimal number of at most 2^64-1");
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    value.parse().map_err(|_| bad())
 }
 
 fn proof(headers: &HeaderMap) -> Result<[u8; 32], String> {

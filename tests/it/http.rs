@@ -83,6 +83,70 @@ async fn health_and_refusals_never_touch_the_backend() {
     shutdown.cancel();
 }
 
+/// Resume refusals are answers like the others: versioned, and strict about
+/// their fields (docs/protocol.md §3 and "The resume handshake").
+#[tokio::test]
+async fn resume_refusals_carry_the_version_and_name_the_reason() {
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = CancellationToken::new();
+    let server = inner_tls_server(&pki, backend.addr, &shutdown).await;
+    let send = h2c(server).await;
+    let id = "AAAAAAAAAAAAAAAAAAAAAA"; // 16 zero bytes, canonical base64url
+    let proof = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"; // 32 zero bytes
+    let cases: [(&str, &str, &str, StatusCode, &str); 5] = [
+        // A session nobody holds: the lookup comes after the parse.
+        (id, "1", "0", StatusCode::NOT_FOUND, "unknown_session"),
+        // Signs, spaces and padding are not decimal or base64url.
+        (id, "+1", "0", StatusCode::BAD_REQUEST, "malformed"),
+        (id, "1", " 0", StatusCode::BAD_REQUEST, "malformed"),
+        (
+            id,
+            "18446744073709551616",
+            "0",
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "1",
+            "0",
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+    ];
+    for (sid, generation, received, want, reason) in cases {
+        let mut ready = send.clone().ready().await.unwrap();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("http://svc.example/tunnel")
+            .header("postern-resume", sid)
+            .header("postern-resume-generation", generation)
+            .header("postern-resume-received", received)
+            .header("postern-resume-proof", proof)
+            .body(())
+            .unwrap();
+        let (resp, _) = ready.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(LIMIT, resp).await.unwrap().unwrap();
+        let case = format!("{sid} {generation:?} {received:?}");
+        assert_eq!(resp.status(), want, "{case}");
+        let headers = resp.headers();
+        assert_eq!(
+            headers
+                .get("postern-resume-refused")
+                .map(|v| v.to_str().unwrap()),
+            Some(reason),
+            "{case}"
+        );
+        assert!(
+            headers.contains_key("x-postern-version"),
+            "{case}: no x-postern-version"
+        );
+    }
+    assert_eq!(backend.accepts(), 0);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn curl_sees_healthz_over_h2c_prior_knowledge() {
     if which("curl").is_none() {
