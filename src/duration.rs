@@ -1,9 +1,8 @@
 //! The one parser behind every duration flag: `100us`, `500ms`, `10s`, `5m`
-//! (a bare number is seconds).
+//! (a bare number is seconds). A leaf: it imports nothing of Postern's, so
+//! every command's flags can use it.
 
 use std::time::Duration;
-
-use crate::transport::busy_poll;
 
 /// Parses `90`, `90s`, `500ms`, `5m` or `100us` (also `100µs`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -37,18 +36,6 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// `--busy-poll`: an interval up to [`busy_poll::MAX_WINDOW`].
-pub fn parse_busy_poll(s: &str) -> Result<Duration, String> {
-    let d = parse_interval(s)?;
-    if d > busy_poll::MAX_WINDOW {
-        return Err(format!(
-            "{s:?}: at most {:?}; a worker polls this long after every wake",
-            busy_poll::MAX_WINDOW
-        ));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,14 +50,17 @@ mod tests {
     }
 
     #[test]
-    fn microseconds_parse_and_busy_poll_is_bounded() {
+    fn microseconds_parse() {
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         assert_eq!(parse_duration("100µs"), Ok(Duration::from_micros(100)));
-        assert_eq!(parse_busy_poll("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_busy_poll("10ms"), Ok(Duration::from_millis(10)));
-        let err = parse_busy_poll("11ms").unwrap_err();
-        assert!(err.contains("at most 10ms"), "{err}");
-        let err = parse_busy_poll("5x").unwrap_err();
+        let err = parse_duration("5x").unwrap_err();
         assert!(err.contains("unknown unit \"x\""), "{err}");
+    }
+
+    #[test]
+    fn every_spelling_of_zero_is_an_interval() {
+        for zero in ["0", "0s", "0ms", "0m", "0us", "0µs", " 0s "] {
+            assert_eq!(parse_interval(zero), Ok(Duration::ZERO), "{zero:?}");
+        }
     }
 }

@@ -20,8 +20,8 @@
 //! - `main.rs` parses, sets up logging and the runtime, and maps errors to
 //!   an exit code. [`cmd`]: the clap types — `Cli`, `Command`, one file per
 //!   subcommand's `Args` (and its `run` where that is a thin adapter),
-//!   `duration` (the one duration parser), `parse` (flags from an argv, for
-//!   the demo, bench and tests).
+//!   `parse` (flags from an argv, for the demo, bench and tests).
+//!   [`duration`]: the one duration parser, a leaf every command's flags use.
 //! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
 //!   reads, so a session's payloads pass uncopied), `settings` (the one
@@ -89,6 +89,7 @@ pub mod client;
 pub mod cmd;
 pub mod demo;
 pub mod doctor;
+pub mod duration;
 pub mod logging;
 pub mod pki;
 pub mod server;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::bench::Scenario;
-use crate::cmd::duration::parse_interval;
+use crate::duration::parse_interval;
 
 /// `postern bench`: throughput, latency (idle and beside a bulk tunnel), set-up time, tunnel rate, memory and fairness.
 #[derive(Debug, clap::Args)]

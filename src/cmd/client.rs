@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::client::{self, Connector, Forward, IdTokens, Target, TokenSource};
-use crate::cmd::duration::{parse_busy_poll, parse_duration, parse_interval};
+use crate::duration::{parse_duration, parse_interval};
 use crate::tls::{self, pem, CertSlot};
+use crate::transport::busy_poll;
 
 /// `postern client`: the side next to the application.
 #[derive(Debug, clap::Args)]
@@ -114,7 +115,7 @@ pub struct Args {
     /// before it may sleep again (`50us`, `200us`; 0 = off): an answer that
     /// comes back meanwhile is taken without a wake-up, which on a VM saves
     /// tens of microseconds per round trip, for up to this much CPU per wake.
-    #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = parse_busy_poll)]
+    #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = busy_poll::parse_flag)]
     pub busy_poll: Duration,
     /// Time open tunnels get to finish after SIGTERM or SIGINT, as the
     /// server's --drain-timeout; new local connections are refused meanwhile.
@@ -301,6 +302,8 @@ mod tests {
         );
         let args = parse(&["--drain-timeout", "0"]).unwrap();
         assert!(args.drain_timeout.is_zero());
+        let args = parse(&["--drain-timeout", "0s"]).unwrap();
+        assert!(args.drain_timeout.is_zero(), "as the server takes it");
     }
 
     #[test]

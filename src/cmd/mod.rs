@@ -1,7 +1,7 @@
 //! Command-line interface: the `postern` command and its subcommands. Each
 //! subcommand's flags live in a module of their own, next to its `run` where
-//! that is a thin adapter; [`parse_args`] parses them from an argument list,
-//! [`duration`] is the parser behind every duration flag.
+//! that is a thin adapter; [`parse_args`] parses them from an argument list;
+//! [`crate::duration`] is the parser behind every duration flag.
 
 pub mod backend;
 pub mod bench;
@@ -9,7 +9,6 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod doctor;
-pub mod duration;
 mod parse;
 
 pub use parse::parse_args;

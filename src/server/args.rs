@@ -4,16 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cmd::duration::{parse_busy_poll, parse_duration};
+use crate::duration::{parse_duration, parse_interval};
+use crate::transport::busy_poll;
 use crate::transport::settings::MAX_HEADER_LIST;
-
-/// `0` (off), or a duration as [`parse_duration`] reads it.
-fn duration_or_off(s: &str) -> Result<Duration, String> {
-    match s.trim() {
-        "0" => Ok(Duration::ZERO),
-        _ => parse_duration(s),
-    }
-}
 
 /// `postern server`: the side next to the backend (the Cloud Run container).
 ///
@@ -96,11 +89,11 @@ pub struct Args {
     /// How often to check the certificate, key, CA, CRL and config files for
     /// changes (`500ms`, `2s`, `1m`; a bare number is seconds; 0 = only
     /// reload on SIGHUP).
-    #[arg(long, default_value = "2s", value_parser = duration_or_off)]
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
     pub watch_interval: Duration,
     /// Time open tunnels get to finish after SIGTERM (Cloud Run kills 10 s
     /// after it); `500ms`, `8s`, `1m`, a bare number is seconds.
-    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = duration_or_off)]
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = parse_interval)]
     pub drain_timeout: Duration,
     /// Time allowed for each handshake (outer TLS, HTTP/2 preface, inner mTLS)
     /// and for the backend connect; `500ms`, `10s`, `1m`, a bare number is seconds.
@@ -130,7 +123,7 @@ pub struct Args {
     /// before it may sleep again (`50us`, `200us`; 0 = off): an answer that
     /// comes back meanwhile is taken without a wake-up, which on a VM saves
     /// tens of microseconds per round trip, for up to this much CPU per wake.
-    #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = parse_busy_poll)]
+    #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = busy_poll::parse_flag)]
     pub busy_poll: Duration,
     /// Most tunnels open at once in this process; more are answered 503.
     #[arg(long, default_value_t = 16384)]
@@ -143,7 +136,7 @@ pub struct Args {
     pub max_connections: u32,
     /// Close an HTTP/2 connection that has had no open request for this
     /// long (GOAWAY; `90s`, `5m`; 0 = never).
-    #[arg(long, env = "POSTERN_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = duration_or_off)]
+    #[arg(long, env = "POSTERN_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_interval)]
     pub connection_idle_timeout: Duration,
     /// Receive-window bytes (MiB) all connections together may be granted:
     /// the most data peers can make the server buffer. Each connection needs
@@ -210,6 +203,9 @@ mod tests {
         assert_eq!(args.max_lifetime, Some(Duration::from_secs(300)));
         assert_eq!(args.port, 9000);
         let args = parse(&["--watch-interval", "0", "--drain-timeout", "0"]).expect("zero");
+        assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
+        // One rule with the client's: zero in any unit is off.
+        let args = parse(&["--watch-interval", "0ms", "--drain-timeout", "0s"]).expect("0s");
         assert!(args.watch_interval.is_zero() && args.drain_timeout.is_zero());
         let defaults = parse(&[]).expect("defaults");
         assert_eq!(defaults.max_connections, 1024);

@@ -50,6 +50,18 @@ thread_local! {
     static KEEPER: RefCell<Option<Waker>> = const { RefCell::new(None) };
 }
 
+/// `--busy-poll`: an interval (see [`crate::duration::parse_interval`]) up
+/// to [`MAX_WINDOW`].
+pub fn parse_flag(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse_interval(s)?;
+    if d > MAX_WINDOW {
+        return Err(format!(
+            "{s:?}: at most {MAX_WINDOW:?}; a worker polls this long after every wake"
+        ));
+    }
+    Ok(d)
+}
+
 /// Builds the runtime of `builder`, polling for `window` after each wake
 /// (a zero window changes nothing).
 pub fn build(mut builder: Builder, window: Duration) -> std::io::Result<Runtime> {
@@ -95,5 +107,19 @@ fn before_park(window: Duration) {
 fn after_unpark(window: Duration) {
     if SLEEPING.replace(false) {
         UNTIL.set(Some(Instant::now() + window));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_is_an_interval_bounded_by_the_window() {
+        assert_eq!(parse_flag("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_flag("10ms"), Ok(Duration::from_millis(10)));
+        let err = parse_flag("11ms").unwrap_err();
+        assert!(err.contains("at most 10ms"), "{err}");
+        assert!(parse_flag("5x").is_err());
     }
 }
