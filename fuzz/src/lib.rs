@@ -17,8 +17,11 @@ use postern::client::Target;
 use postern::testing::proxy_protocol::{decode, encode, Header};
 use postern::tls::pem;
 
+/// A target's body: the fuzzer's bytes in, a panic only on a broken promise.
+pub type Body = fn(&[u8]);
+
 /// Every target by the name of its `fuzz_targets/` binary and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("parse_config", parse_config),
     ("pattern_match", pattern_match),
     ("pem_files", pem_files),
