@@ -29,5 +29,6 @@ mod reload;
 mod resume;
 mod routes;
 mod scheduling;
+mod stdio;
 mod tokens;
 mod tunnel;
