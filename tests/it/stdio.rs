@@ -2,7 +2,8 @@
 //! fails however quiet stdin is, ends its session on the server before it
 //! exits (at EOF and on SIGHUP/SIGTERM/SIGINT, which drain), keeps the
 //! user's terminal free of log lines, and the server answers a session's
-//! CLOSE with its own CLOSE and END_STREAM rather than a reset.
+//! CLOSE with its own CLOSE and END_STREAM rather than a reset. ssh itself
+//! drives one of them, with a real sshd behind the server.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -199,25 +200,186 @@ async fn stdio_sessions_leave_nothing_detached_on_the_server() {
             failed.push(format!("session {i} ({ending:?}): {status}\n{err}"));
         }
     }
-    // Each session either ended on the server (a report) or waits there,
-    // detached, for a resume that cannot come.
+    let (ended, detached) = settled(&mut server, metrics, SESSIONS).await;
+    eprintln!("after {SESSIONS} stdio sessions: {ended} ended, {detached} detached");
+    assert_eq!(detached, 0.0, "sessions left detached on the server");
+    assert_eq!(ended, SESSIONS, "every session ended on the server");
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    shutdown.cancel();
+}
+
+/// Waits until each of `sessions` has either ended on the server (its
+/// report) or waits there, detached, for a resume that cannot come; returns
+/// both counts.
+async fn settled(server: &mut Server, metrics: SocketAddr, sessions: u64) -> (u64, f64) {
     let mut ended = 0;
     let deadline = tokio::time::Instant::now() + LIMIT;
-    let detached = loop {
+    loop {
         while server.reports.try_recv().is_ok() {
             ended += 1;
         }
         let text = scrape(metrics).await;
         let detached = sample(&text, "postern_sessions_detached").expect("detached gauge");
-        if ended + detached as u64 >= SESSIONS || tokio::time::Instant::now() > deadline {
-            break detached;
+        if ended + detached as u64 >= sessions || tokio::time::Instant::now() > deadline {
+            return (ended, detached);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    eprintln!("after {SESSIONS} stdio sessions: {ended} ended, {detached} detached");
-    assert_eq!(detached, 0.0, "sessions left detached on the server");
-    assert_eq!(ended, SESSIONS, "every session ended on the server");
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+}
+
+/// A backend that runs `sshd -i` (inetd mode: the connection is its stdin
+/// and stdout) for each connection, with a host key and one authorized user
+/// key made in `dir`; returns its address and the user key's path.
+async fn sshd_backend(dir: &TempDir) -> (SocketAddr, String) {
+    for key in ["host", "user"] {
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.path(key))
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success(), "ssh-keygen {key}");
+    }
+    let public = std::fs::read_to_string(dir.path("user.pub")).expect("user.pub");
+    let authorized = dir.write("authorized_keys", &public);
+    let config = dir.write(
+        "sshd_config",
+        &format!(
+            "HostKey {}\nAuthorizedKeysFile {authorized}\nPidFile none\nUsePAM no\n\
+             StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nLogLevel ERROR\n",
+            dir.path("host").display()
+        ),
+    );
+    // sshd running as root wants its privilege separation directory, which
+    // Debian's service unit creates at start.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let log = dir.path("sshd.log");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sshd backend");
+    let addr = listener.local_addr().expect("sshd backend addr");
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let sock = sock.into_std().expect("std socket");
+            sock.set_nonblocking(false).expect("blocking socket");
+            let out = sock.try_clone().expect("socket fd");
+            let err = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("sshd log");
+            let child = Command::new("sshd")
+                .arg("-i")
+                .arg("-f")
+                .arg(&config)
+                .stdin(std::os::fd::OwnedFd::from(sock))
+                .stdout(std::os::fd::OwnedFd::from(out))
+                .stderr(err)
+                .kill_on_drop(true)
+                .spawn();
+            if let Ok(mut child) = child {
+                tokio::spawn(async move { child.wait().await });
+            }
+        }
+    });
+    (addr, dir.path("user").display().to_string())
+}
+
+/// ssh itself as the user: each login runs `postern client --stdio` as its
+/// ProxyCommand, through the server to a real sshd, and ends as ssh ends
+/// it (SIGHUP to the ProxyCommand as ssh exits, its pipes closing): the
+/// server is left with no detached session.
+#[tokio::test]
+async fn ssh_over_a_stdio_proxy_command_leaves_nothing_detached() {
+    let test = "ssh_over_a_stdio_proxy_command_leaves_nothing_detached";
+    if !peer::installed("sshd", "-V", "openssh-server", test)
+        || !peer::installed("ssh", "-V", "openssh-client", test)
+    {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = TempDir::new("sshd");
+    let (sshd, user_key) = sshd_backend(&dir).await;
+    let shutdown = CancellationToken::new();
+    let mut flags = server_flags(&pki);
+    flags.extend(["--backend".into(), sshd.to_string()]);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut server = Server::start(&strs(&flags), &shutdown).await;
+    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let proxy = format!(
+        "ProxyCommand={} client --stdio --url {} {}",
+        env!("CARGO_BIN_EXE_postern"),
+        server.url("/"),
+        client_flags(&pki, &[]).join(" ")
+    );
+    let who = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    let who = String::from_utf8_lossy(&who.stdout).trim().to_owned();
+    const LOGINS: u64 = 6;
+    for i in 0..LOGINS {
+        // A command, then a file through stdin as scp would send one.
+        let data = random_bytes(if i % 2 == 0 { 0 } else { 300_000 }, 40 + i);
+        let remote = if data.is_empty() {
+            "echo hello-$((40+2))"
+        } else {
+            "sha256sum"
+        };
+        let mut ssh = Command::new("ssh")
+            .args(["-F", "/dev/null", "-i", &user_key, "-l", &who])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", &proxy])
+            .args(["build-box", remote])
+            .env_remove("POSTERN_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ssh");
+        let mut stdin = ssh.stdin.take().expect("ssh stdin");
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&data).await;
+        });
+        let out = tokio::time::timeout(LIMIT, ssh.wait_with_output())
+            .await
+            .expect("ssh hung")
+            .expect("ssh ran");
+        writer.await.expect("writer");
+        let sshd_log = std::fs::read_to_string(dir.path("sshd.log")).unwrap_or_default();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success(),
+            "ssh {i}: {}\n{stderr}\nsshd: {sshd_log}",
+            out.status
+        );
+        assert_eq!(stderr, "", "ssh {i}: lines in the user's terminal");
+        let want = if i % 2 == 0 {
+            "hello-42".to_owned()
+        } else {
+            format!("{}  -", sha256(&random_bytes(300_000, 40 + i)))
+        };
+        assert_eq!(stdout.trim_end(), want, "ssh {i}");
+    }
+    let (ended, detached) = settled(&mut server, metrics, LOGINS).await;
+    eprintln!("after {LOGINS} ssh logins: {ended} ended, {detached} detached");
+    assert_eq!(
+        detached, 0.0,
+        "ssh logins left sessions detached on the server"
+    );
+    assert_eq!(
+        ended, LOGINS,
+        "every ssh login's session ended on the server"
+    );
     shutdown.cancel();
 }
 
