@@ -66,7 +66,8 @@
 //!   looked up at most every 30 s), `target` (the parsed `--url`),
 //!   `token/` (Google ID tokens: sources, cache, metadata server, command,
 //!   service-account keys and impersonation), `resume` (asking for a session,
-//!   cookies, moving a session to a new stream).
+//!   cookies, moving a session to a new stream), `stdio` (`--stdio`: one
+//!   tunnel over stdin/stdout, drained on SIGHUP/SIGTERM/SIGINT).
 //! - [`pki`]: certificate issuance (rcgen) — `ca`, `leaf`, `crl`, `files`
 //!   (0600 key files and the flags that use a certificate directory) — for
 //!   `postern certs`, the demo, the bench and the tests.

@@ -17,13 +17,17 @@ fn main() -> ExitCode {
         // would cap a process at a few hundred tunnels.
         postern::transport::accept::raise_fd_limit();
     }
-    // The demo, doctor and bench speak through stdout; logs would clutter it.
-    let quiet = matches!(
-        cli.command,
-        Command::Demo(_) | Command::Doctor(_) | Command::Bench(_)
-    );
+    let stdio = matches!(&cli.command, Command::Client(args) if args.stdio);
+    let default_level = match cli.command {
+        // The demo, doctor and bench speak through stdout; logs would clutter it.
+        Command::Demo(_) | Command::Doctor(_) | Command::Bench(_) => "warn",
+        // A stdio client's stderr is ssh's terminal: every line lands in the
+        // user's session, and the error that ends a tunnel is printed anyway.
+        Command::Client(_) if stdio => "error",
+        _ => "info",
+    };
     let log_format = cli.log_format.unwrap_or_else(LogFormat::default_here);
-    postern::logging::init(log_format, if quiet { "warn" } else { "info" });
+    postern::logging::init(log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -47,6 +51,14 @@ fn main() -> ExitCode {
             Command::Bench(args) => postern::bench::run(args).await,
         }
     });
+    if stdio {
+        // Tokio reads stdin on a blocking thread, and a read(2) cannot be
+        // cancelled: dropping the runtime would wait for the next byte on a
+        // stdin that may stay open and silent for good (ssh's does). Nothing
+        // else is left to wait for (the session has settled), and the
+        // process exits right after, taking that thread with it.
+        runtime.shutdown_background();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

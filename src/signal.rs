@@ -1,4 +1,5 @@
-//! Process signals: SIGINT/SIGTERM start a graceful shutdown.
+//! Process signals: SIGINT/SIGTERM (and, for a stdio client, SIGHUP) start
+//! a graceful shutdown.
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -6,10 +7,21 @@ use tracing::info;
 /// A token cancelled on the first SIGINT or SIGTERM (Cloud Run sends SIGTERM
 /// ten seconds before it kills the instance).
 pub fn shutdown_token() -> CancellationToken {
+    token_on(false)
+}
+
+/// Like [`shutdown_token`], and SIGHUP too: what ssh sends its ProxyCommand
+/// as it exits. Left at its default action, SIGHUP would kill a stdio
+/// client before its session's end reached the server.
+pub fn shutdown_or_hangup_token() -> CancellationToken {
+    token_on(true)
+}
+
+fn token_on(hangup: bool) -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        let name = wait_for_signal().await;
+        let name = wait_for_signal(hangup).await;
         info!(signal = name, "shutting down");
         trigger.cancel();
     });
@@ -17,12 +29,16 @@ pub fn shutdown_token() -> CancellationToken {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
+async fn wait_for_signal(hangup: bool) -> &'static str {
     use tokio::signal::unix::SignalKind;
-    let mut heard = listen(&[
+    let mut signals = vec![
         (SignalKind::terminate(), "SIGTERM"),
         (SignalKind::interrupt(), "SIGINT"),
-    ]);
+    ];
+    if hangup {
+        signals.push((SignalKind::hangup(), "SIGHUP"));
+    }
+    let mut heard = listen(&signals);
     match heard.recv().await {
         Some(name) => name,
         // Nothing could be registered: the default actions still stop us.
@@ -61,7 +77,7 @@ fn listen(
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
+async fn wait_for_signal(_hangup: bool) -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
 }

@@ -6,11 +6,13 @@
 mod connector;
 mod resolve;
 pub(crate) mod resume;
+mod stdio;
 mod target;
 mod token;
 
 pub use connector::{Connector, OpenError};
 pub use resume::ResumePolicy;
+pub use stdio::stdio;
 pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
 pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};

@@ -117,7 +117,8 @@ pub struct Args {
     /// tens of microseconds per round trip, for up to this much CPU per wake.
     #[arg(long, env = "POSTERN_BUSY_POLL", default_value = "0", value_parser = busy_poll::parse_flag)]
     pub busy_poll: Duration,
-    /// Time open tunnels get to finish after SIGTERM or SIGINT, as the
+    /// Time open tunnels get to finish after SIGTERM or SIGINT (and, with
+    /// --stdio, SIGHUP, which ssh sends its ProxyCommand as it exits), as the
     /// server's --drain-timeout; new local connections are refused meanwhile.
     /// `500ms`, `8s`, `1m`, a bare number is seconds; 0 = close at once.
     #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = parse_interval)]
@@ -219,13 +220,13 @@ pub fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
 }
 
 /// Runs `postern client` until SIGINT/SIGTERM and the drain that follows
-/// (or, with --stdio, until the tunnel ends).
+/// (or, with --stdio, until the tunnel ends, SIGHUP also draining).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.stdio {
         let url = args.url.as_deref().unwrap_or_default();
         let forward = Forward::from_args(&args, url)?;
-        let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-        return forward.tunnel(&mut stdio).await.map(|_| ());
+        let shutdown = crate::signal::shutdown_or_hangup_token();
+        return client::stdio(&forward, shutdown, args.drain_timeout).await;
     }
     let mut pairs = Vec::new();
     if let (Some(listen), Some(url)) = (args.listen, &args.url) {

@@ -40,6 +40,9 @@ pub enum Command {
     /// Serve tunnels next to the backend (the Cloud Run container).
     Server(server::Args),
     /// Accept local connections and tunnel them to a server.
+    #[command(after_help = "Logs go to stderr. POSTERN_LOG sets their filter \
+        (`info`, `debug`, `postern=debug,h2=info`, …): info by default, \
+        errors only with --stdio, whose stderr is the ssh user's terminal.")]
     Client(client::Args),
     /// Issue a private CA, a server and a client certificate.
     Certs(certs::Args),

@@ -243,8 +243,9 @@ impl State {
                     self.link = Some(link);
                 }
                 Err(cut) => {
-                    // A lost carrier goes; one that said why stays to linger.
-                    if !matches!(cut, Cut::Lost) {
+                    // A lost carrier goes; one that said why stays to linger,
+                    // and so does one the peer ended after its CLOSE 0.
+                    if !matches!(cut, Cut::Lost) || self.peer_done {
                         self.link = Some(link);
                     }
                     self.cut(cut, shared);
@@ -264,6 +265,7 @@ impl State {
     /// error on either carrier ends it; a lost current carrier detaches it).
     fn cut(&mut self, cut: Cut, shared: &Shared) {
         match cut {
+            Cut::Lost if self.peer_done => self.answer_close(shared),
             // A retired carrier may still bring the frames that end the
             // session: the detach waits for its end (`drive_retired`).
             Cut::Lost if self.retired.as_ref().is_some_and(Retired::reading) => {}
@@ -277,6 +279,19 @@ impl State {
                 self.finish(End::Protocol(why), &shared.config, &shared.phase);
             }
         }
+    }
+
+    /// The peer's CLOSE 0 came with the end of its carrier (its
+    /// END_STREAM in the same read): answer as any receiver of CLOSE 0
+    /// does, with ours, then END_STREAM while the carrier lingers. Dropping
+    /// the carrier instead would reset the stream.
+    fn answer_close(&mut self, shared: &Shared) {
+        if let Some(link) = self.link.as_mut().filter(|l| !l.close_sent) {
+            frame::put_close(link.out.ctl(), CLOSE_DONE);
+            link.close_sent = true;
+        }
+        self.close_queued.get_or_insert(CLOSE_DONE);
+        self.finish(End::Done, &shared.config, &shared.phase);
     }
 
     fn detach(&mut self, shared: &Shared) {

@@ -30,5 +30,6 @@ mod reload;
 mod resume;
 mod routes;
 mod scheduling;
+mod stdio;
 mod tokens;
 mod tunnel;

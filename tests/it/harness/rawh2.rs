@@ -107,6 +107,10 @@ pub struct Seen {
     pub responses: HashMap<u32, bool>,
     /// The server closed the TCP connection (EOF or reset).
     pub closed: bool,
+    /// Each stream's DATA payloads, concatenated (padding is not expected).
+    pub bodies: HashMap<u32, Vec<u8>>,
+    /// Streams the server ended with END_STREAM on a DATA frame.
+    pub ended: std::collections::HashSet<u32>,
 }
 
 /// A raw HTTP/2 connection: writes go straight to the socket; a background
@@ -159,6 +163,15 @@ impl RawConn {
                         }
                         HEADERS => {
                             s.responses.insert(stream, flags & END_STREAM != 0);
+                        }
+                        DATA => {
+                            s.bodies
+                                .entry(stream)
+                                .or_default()
+                                .extend_from_slice(payload);
+                            if flags & END_STREAM != 0 {
+                                s.ended.insert(stream);
+                            }
                         }
                         _ => {}
                     }
