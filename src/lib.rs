@@ -18,9 +18,10 @@
 //! # Layout: one folder per layer
 //!
 //! - `main.rs` parses, sets up logging and the runtime, and maps errors to
-//!   an exit code. [`cmd`]: the clap types — `Cli`, `Command`, one file per
-//!   subcommand's `Args` (and its `run` where that is a thin adapter),
-//!   `parse` (flags from an argv, for the demo, bench and tests).
+//!   an exit code. [`cmd`]: flags only — `Cli`, `Command`, one file per
+//!   tool's `Args` (and its `run` where that is a thin adapter), `parse`
+//!   (flags from an argv, for the demo, bench and tests); the server's and
+//!   the client's `Args` live with them (`server/args`, `client/args`).
 //!   [`duration`]: the one duration parser, a leaf every command's flags use.
 //! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
@@ -61,7 +62,8 @@
 //!   `windows` (receive windows earned by authentication, the buffer
 //!   budget), `carried` (a tunnel over its stream or a session), `resume`
 //!   (resume requests).
-//! - [`client`]: `Forward` and the local listeners (`mod.rs`), `connector`
+//! - [`client`]: `run`, `Forward` and the local listeners (`mod.rs`), `args`
+//!   (its flags and the forward they describe), `connector`
 //!   (the pool of HTTP/2 connections), `resolve` (the front end's addresses,
 //!   looked up at most every 30 s), `target` (the parsed `--url`),
 //!   `token/` (Google ID tokens: sources, cache, metadata server, command,

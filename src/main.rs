@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Server(args) => postern::server::run(args).await,
-            Command::Client(args) => cmd::client::run(args).await,
+            Command::Client(args) => postern::client::run(args).await,
             Command::Certs(args) => cmd::certs::run(args),
             Command::Backend(args) => cmd::backend::run(args).await,
             Command::Doctor(args) => postern::doctor::run(args).await,

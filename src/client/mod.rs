@@ -3,6 +3,7 @@
 //! inner mTLS over it at once (optimistic: the ClientHello follows the
 //! request headers without waiting for the `200`), then copies bytes.
 
+mod args;
 mod connector;
 mod resolve;
 pub(crate) mod resume;
@@ -10,6 +11,7 @@ mod stdio;
 mod target;
 mod token;
 
+pub use args::Args;
 pub use connector::{Connector, OpenError};
 pub use resume::ResumePolicy;
 pub use stdio::stdio;
@@ -17,6 +19,7 @@ pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
 pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,60 @@ use tracing::{info, info_span, warn};
 use crate::session::{Session, Stats};
 use crate::transport::splice::{self, Totals};
 use crate::transport::workers::Workers;
+
+/// Runs `postern client` until SIGINT/SIGTERM and the drain that follows
+/// (or, with --stdio, until the tunnel ends, SIGHUP also draining).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.stdio {
+        let url = args.url.as_deref().unwrap_or_default();
+        let forward = Forward::from_args(&args, url)?;
+        let shutdown = crate::signal::shutdown_or_hangup_token();
+        return stdio(&forward, shutdown, args.drain_timeout).await;
+    }
+    let mut pairs = Vec::new();
+    if let (Some(listen), Some(url)) = (args.listen, &args.url) {
+        pairs.push((listen, url.clone()));
+    }
+    for f in &args.forwards {
+        let (local, url) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--forward {f:?}: expected LOCAL_ADDR=URL"))?;
+        let local: SocketAddr = local
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--forward {f:?}: {local:?} is not an address"))?;
+        pairs.push((local, url.to_owned()));
+    }
+    if pairs.is_empty() {
+        anyhow::bail!(
+            "nothing to do: give --listen and --url, --forward LOCAL=URL, or --stdio --url"
+        );
+    }
+    let shutdown = crate::signal::shutdown_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (local, url) in pairs {
+        let forward = Arc::new(Forward::from_args(&args, &url)?);
+        let listener = TcpListener::bind(local)
+            .await
+            .with_context(|| format!("cannot listen on {local}"))?;
+        info!(
+            listen = %listener.local_addr()?,
+            %url,
+            record_ciphers = crate::tls::RecordCiphers::here().name(),
+            "client forwarding"
+        );
+        tasks.spawn(serve_draining(
+            listener,
+            forward,
+            shutdown.clone(),
+            args.drain_timeout,
+        ));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a forward's task ended abnormally")??;
+    }
+    info!("client stopped");
+    Ok(())
+}
 
 /// One forward: a local listener and the connector for its URL.
 pub struct Forward {

@@ -1,6 +1,6 @@
 //! `postern doctor`'s flags (the checks themselves are [`crate::doctor`]).
 
-use crate::cmd::client::Args as ClientArgs;
+use crate::client::Args as ClientArgs;
 
 /// `postern doctor`: check every step from here to the backend.
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,6 @@
 pub mod backend;
 pub mod bench;
 pub mod certs;
-pub mod client;
 pub mod demo;
 pub mod doctor;
 mod parse;
@@ -43,7 +42,7 @@ pub enum Command {
     #[command(after_help = "Logs go to stderr. POSTERN_LOG sets their filter \
         (`info`, `debug`, `postern=debug,h2=info`, …): info by default, \
         errors only with --stdio, whose stderr is the ssh user's terminal.")]
-    Client(client::Args),
+    Client(crate::client::Args),
     /// Issue a private CA, a server and a client certificate.
     Certs(certs::Args),
     /// Check every step from here to the backend, explaining failures.

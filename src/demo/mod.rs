@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cmd::client::Args as ClientArgs;
+use crate::client::Args as ClientArgs;
 use crate::cmd::parse_args;
 use crate::pki::{self, CertDir, KeyAlg, LeafSpec};
 use crate::server::backend::{self, Mode, BANNER};

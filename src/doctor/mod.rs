@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::authz::PeerIdentity;
+use crate::client::Args as ClientArgs;
 use crate::client::Forward;
-use crate::cmd::client::Args as ClientArgs;
 use crate::cmd::doctor::Args;
 use crate::tls;
 use crate::transport::stream::H2Stream;

@@ -510,7 +510,7 @@ fn cert_dir_writes_private_files_and_flags_both_sides_accept() {
     let mut client = vec!["--url".to_owned(), "https://localhost/".into()];
     client.extend(dir.client_flags());
     let client: Vec<&str> = client.iter().map(String::as_str).collect();
-    let args = parse_args::<crate::cmd::client::Args>("client", &client).unwrap();
+    let args = parse_args::<crate::client::Args>("client", &client).unwrap();
     assert_eq!(args.ca, Some(tmp.0.join(CA_CERT)));
     assert_eq!(args.tls_ca, Some(tmp.0.join(CA_CERT)));
 }

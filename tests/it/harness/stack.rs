@@ -200,7 +200,7 @@ pub async fn start_client_with_pool(
 ) -> (SocketAddr, Arc<client::Forward>) {
     let mut argv = vec!["--url", url, "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(client_flags);
-    let args: postern::cmd::client::Args = parse_args("client", &argv).expect("client flags");
+    let args: postern::client::Args = parse_args("client", &argv).expect("client flags");
     let forward = Arc::new(client::Forward::from_args(&args, url).expect("client config"));
     (start_forward(forward.clone(), shutdown).await, forward)
 }

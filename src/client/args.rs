@@ -1,18 +1,15 @@
-//! `postern client`'s flags, the forward they describe, and the command
-//! itself: one listener per forward, each served by [`client::serve`].
+//! `postern client`'s flags and the forward they describe (the command
+//! itself is [`super::run`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpListener;
-use tracing::info;
 
-use crate::client::{self, Connector, Forward, IdTokens, Target, TokenSource};
+use crate::client::{Connector, Forward, IdTokens, ResumePolicy, Target, TokenSource};
 use crate::duration::{parse_duration, parse_interval};
 use crate::tls::{self, pem, CertSlot};
 use crate::transport::busy_poll;
@@ -191,10 +188,10 @@ impl Forward {
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
             busy_poll: args.busy_poll,
-            resume: (!args.no_resume).then(|| client::ResumePolicy {
+            resume: (!args.no_resume).then(|| ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
                 session: crate::session::Config::with_grace(args.resume_timeout),
-                ..client::ResumePolicy::default()
+                ..ResumePolicy::default()
             }),
         })
     }
@@ -217,60 +214,6 @@ pub fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
         headers.append(name, value);
     }
     Ok(headers)
-}
-
-/// Runs `postern client` until SIGINT/SIGTERM and the drain that follows
-/// (or, with --stdio, until the tunnel ends, SIGHUP also draining).
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.stdio {
-        let url = args.url.as_deref().unwrap_or_default();
-        let forward = Forward::from_args(&args, url)?;
-        let shutdown = crate::signal::shutdown_or_hangup_token();
-        return client::stdio(&forward, shutdown, args.drain_timeout).await;
-    }
-    let mut pairs = Vec::new();
-    if let (Some(listen), Some(url)) = (args.listen, &args.url) {
-        pairs.push((listen, url.clone()));
-    }
-    for f in &args.forwards {
-        let (local, url) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--forward {f:?}: expected LOCAL_ADDR=URL"))?;
-        let local: SocketAddr = local
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--forward {f:?}: {local:?} is not an address"))?;
-        pairs.push((local, url.to_owned()));
-    }
-    if pairs.is_empty() {
-        anyhow::bail!(
-            "nothing to do: give --listen and --url, --forward LOCAL=URL, or --stdio --url"
-        );
-    }
-    let shutdown = crate::signal::shutdown_token();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (local, url) in pairs {
-        let forward = Arc::new(Forward::from_args(&args, &url)?);
-        let listener = TcpListener::bind(local)
-            .await
-            .with_context(|| format!("cannot listen on {local}"))?;
-        info!(
-            listen = %listener.local_addr()?,
-            %url,
-            record_ciphers = crate::tls::RecordCiphers::here().name(),
-            "client forwarding"
-        );
-        tasks.spawn(client::serve_draining(
-            listener,
-            forward,
-            shutdown.clone(),
-            args.drain_timeout,
-        ));
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.context("a forward's task ended abnormally")??;
-    }
-    info!("client stopped");
-    Ok(())
 }
 
 #[cfg(test)]
