@@ -97,6 +97,12 @@ pub struct Args {
     /// lets go of the session then); `30s`, `2m`, a bare number is seconds.
     #[arg(long, env = "POSTERN_RESUME_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub resume_timeout: Duration,
+    /// Bytes (MiB) all sessions together may hold in replay buffers and
+    /// inboxes (beyond 256 KiB each); a full budget slows writers and
+    /// readers instead of growing. As the server's flag.
+    #[arg(long, env = "POSTERN_BUFFER_BUDGET_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub buffer_budget_mib: u64,
     /// Move each tunnel's session to a fresh request this long after its
     /// request opened, before the front end's request timeout cuts it: set
     /// it a little under the service's `--timeout` (Cloud Run's default is
@@ -190,11 +196,18 @@ impl Forward {
             busy_poll: args.busy_poll,
             resume: (!args.no_resume).then(|| ResumePolicy {
                 max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
-                session: crate::session::Config::with_grace(args.resume_timeout),
+                session: crate::session::Config::bounded(
+                    args.resume_timeout,
+                    mib(args.buffer_budget_mib),
+                ),
                 ..ResumePolicy::default()
             }),
         })
     }
+}
+
+fn mib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }
 
 /// Parses repeatable `Name: value` flags.

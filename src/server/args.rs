@@ -138,12 +138,15 @@ pub struct Args {
     /// long (GOAWAY; `90s`, `5m`; 0 = never).
     #[arg(long, env = "POSTERN_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_interval)]
     pub connection_idle_timeout: Duration,
-    /// Receive-window bytes (MiB) all connections together may be granted:
-    /// the most data peers can make the server buffer. Each connection needs
-    /// 256 KiB to start (beyond that it is closed at once), and each
-    /// authenticated tunnel earns its connection 8 MiB more (up to 32 MiB)
-    /// while the budget lasts.
-    #[arg(long, env = "POSTERN_BUFFER_BUDGET_MIB", default_value_t = 512,
+    /// Bytes (MiB) peers can make the server buffer: HTTP/2 receive windows
+    /// and, with resume, sessions' replay buffers and inboxes (half each).
+    /// Each connection needs 256 KiB of windows to start (beyond that it is
+    /// closed at once), and each authenticated tunnel earns its connection
+    /// 8 MiB more (up to 32 MiB) while the budget lasts; a session holds
+    /// 256 KiB without drawing, and a full budget slows its writer and
+    /// stops its carrier reads. 256: a default Cloud Run instance has
+    /// 512 MiB (docs/cloud-run.md, "Sizing an instance").
+    #[arg(long, env = "POSTERN_BUFFER_BUDGET_MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub buffer_budget_mib: u64,
     /// Most concurrent tunnels per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -210,7 +213,7 @@ mod tests {
         let defaults = parse(&[]).expect("defaults");
         assert_eq!(defaults.max_connections, 1024);
         assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(300));
-        assert_eq!(defaults.buffer_budget_mib, 512);
+        assert_eq!(defaults.buffer_budget_mib, 256);
         let off = parse(&["--connection-idle-timeout", "0"]).expect("off");
         assert!(off.connection_idle_timeout.is_zero());
         assert!(parse(&["--max-connections", "0"]).is_err());

@@ -109,6 +109,10 @@ impl Config {
             Some(addr) => Some(metrics::listen(addr, metrics.clone(), shutdown.clone()).await?),
             None => None,
         };
+        // One budget for all the buffers peers can fill: with resume, half
+        // for HTTP/2 receive windows and half for what sessions hold.
+        let budget = args.buffer_budget_mib.saturating_mul(1 << 20);
+        let windows_budget = if args.no_resume { budget } else { budget / 2 };
         Ok(Config {
             live,
             limits: Limits {
@@ -131,10 +135,13 @@ impl Config {
             connections: Arc::new(Semaphore::new(args.max_connections as usize)),
             connection_idle_timeout: (!args.connection_idle_timeout.is_zero())
                 .then_some(args.connection_idle_timeout),
-            budget: Arc::new(Budget::new(args.buffer_budget_mib.saturating_mul(1 << 20))),
+            budget: Arc::new(Budget::new(windows_budget)),
             resume: (!args.no_resume).then(|| {
                 crate::session::Registry::new(
-                    crate::session::Config::with_grace(args.resume_timeout),
+                    crate::session::Config::bounded(
+                        args.resume_timeout,
+                        usize::try_from(budget - windows_budget).unwrap_or(usize::MAX),
+                    ),
                     crate::session::Limits::default(),
                 )
             }),

@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::budget::Drawn;
 use super::carrier::Carrier;
 use super::frame::{self, CLOSE_ABANDONED, CLOSE_DONE, CLOSE_PROTOCOL};
 use super::handshake::{ResumeKey, ResumeResponse, SessionId};
@@ -129,6 +130,9 @@ struct State {
     // Accounting while detached.
     budget: Option<Arc<Budget>>,
     charged: Option<usize>,
+    /// What the replay buffer and the inbox have drawn from the budget.
+    drawn_out: Drawn,
+    drawn_in: Drawn,
     stats: Stats,
     wake_read: bool,
     wake_write: bool,
@@ -158,7 +162,35 @@ impl State {
 
     /// Memory held for the session: what a detached one is charged.
     fn memory(&self) -> usize {
-        self.replay.charge() + self.inbox_len + self.inbox.len() * super::replay::CHUNK_OVERHEAD
+        self.replay.charge() + self.inbox_memory()
+    }
+
+    /// Whether the inbox may take one more frame from the carrier, drawing
+    /// on the budget if it must; if not, `cx` is woken when the budget frees
+    /// bytes (or the application's reads make room, as they always do).
+    fn inbox_has_room(&mut self, config: &Config, cx: &Context<'_>) -> bool {
+        let held = self.inbox_memory();
+        self.draining
+            || self
+                .drawn_in
+                .grow(&config.budget, held, frame::MAX_FRAME, cx.waker())
+    }
+
+    fn inbox_memory(&self) -> usize {
+        self.inbox_len + self.inbox.len() * super::replay::CHUNK_OVERHEAD
+    }
+
+    /// Gives the budget back what the buffers no longer hold (the replay
+    /// buffer's whole draw once the session has ended: nothing is resent;
+    /// what is left unread stays charged until the application goes).
+    fn trim(&mut self, config: &Config) {
+        if self.end.is_some() {
+            self.drawn_out.release(&config.budget);
+        } else {
+            self.drawn_out.trim(&config.budget, self.replay.charge());
+        }
+        let held = self.inbox_memory();
+        self.drawn_in.trim(&config.budget, held);
     }
 
     fn error(&self) -> Option<io::Error> {
@@ -197,6 +229,7 @@ impl State {
             self.link = None;
             self.grace = None;
             self.release();
+            self.trim(config);
             phase.send_replace(Phase::Ended);
             self.wake_read = true;
             self.wake_write = true;
@@ -393,6 +426,7 @@ impl Shared {
         let mut state = self.lock();
         state.drive(self, &mut cx, true);
         let out = f(&mut state, self, &mut cx);
+        state.trim(&self.config);
         let (read, write) = (
             std::mem::take(&mut state.wake_read),
             std::mem::take(&mut state.wake_write),
@@ -441,6 +475,8 @@ impl Session {
             draining: false,
             budget: None,
             charged: None,
+            drawn_out: Drawn::default(),
+            drawn_in: Drawn::default(),
             stats: Stats::default(),
             wake_read: false,
             wake_write: false,
@@ -553,5 +589,10 @@ impl Drop for Session {
             &shared.config,
             &shared.phase,
         );
+        // Nobody reads what is left: its share goes back now, not when the
+        // last handle does.
+        st.inbox.clear();
+        st.inbox_len = 0;
+        st.drawn_in.release(&shared.config.budget);
     }
 }

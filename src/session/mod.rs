@@ -11,6 +11,8 @@
 //!
 //! - [`frame`]: the wire framing (DATA, ACK, FIN, CLOSE), so that a cut
 //!   carrier is never mistaken for a half-close or a clean end.
+//! - [`budget`]: the process-wide bound on what sessions hold, and how a
+//!   full one pushes back.
 //! - `replay`: the bounded buffer of bytes the peer has not acknowledged.
 //! - `out`: the frames staged for the carrier (payloads not copied);
 //!   `wake`: which of the application's sides and the driver is woken.
@@ -25,6 +27,7 @@
 //!
 //! The wire format is specified in docs/protocol.md, "Resume".
 
+pub mod budget;
 mod carrier;
 mod core;
 pub mod frame;
@@ -80,6 +83,9 @@ pub struct Config {
     /// Where the carriers of ended sessions finish (their last frames, then
     /// END_STREAM): the owner waits on it before its runtime goes away.
     pub lingering: tokio_util::task::TaskTracker,
+    /// What all sessions together may hold above their floors (see
+    /// [`budget`]); shared by every session of a process.
+    pub budget: std::sync::Arc<budget::Pool>,
 }
 
 impl Config {
@@ -88,6 +94,14 @@ impl Config {
         Config {
             grace,
             ..Config::default()
+        }
+    }
+
+    /// The default window with `grace`, all sessions within `budget` bytes.
+    pub fn bounded(grace: Duration, budget: usize) -> Config {
+        Config {
+            budget: std::sync::Arc::new(budget::Pool::new(budget)),
+            ..Config::with_grace(grace)
         }
     }
 
@@ -105,6 +119,7 @@ impl Default for Config {
             window: WINDOW,
             grace: DEFAULT_GRACE,
             lingering: tokio_util::task::TaskTracker::new(),
+            budget: std::sync::Arc::new(budget::Pool::unbounded()),
         }
     }
 }

@@ -8,6 +8,8 @@ use bytes::Buf as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{flushed, Session, Side, Wakers};
+use crate::session::budget::CHUNK;
+use crate::session::replay::CHUNK_OVERHEAD;
 
 impl AsyncRead for Session {
     fn poll_read(
@@ -85,10 +87,18 @@ impl AsyncWrite for Session {
             if st.link.is_none() {
                 return Poll::Pending;
             }
+            // Above its floor the replay buffer grows only as the budget
+            // allows; a full one makes the writer wait for a release.
+            let want = bufs.iter().map(|b| b.len()).sum::<usize>().min(CHUNK) + CHUNK_OVERHEAD;
+            let held = st.replay.charge();
+            st.drawn_out.grow(&sh.config.budget, held, want, cx.waker());
+            let mut room = st.drawn_out.limit().saturating_sub(held + CHUNK_OVERHEAD);
             let mut n = 0;
             for b in bufs {
-                let took = st.replay.push(b);
+                let part = &b[..b.len().min(room)];
+                let took = st.replay.push(part);
                 n += took;
+                room -= took;
                 if took < b.len() {
                     break;
                 }

@@ -133,6 +133,11 @@ impl State {
                 };
                 link.rbuf.reserve(room);
             }
+            if !self.inbox_has_room(config, cx) {
+                // The budget is full: the frames stay in HTTP/2, whose
+                // window then holds the peer back (docs/protocol.md §7).
+                return Ok(());
+            }
             match read_carrier(link, cx) {
                 Poll::Ready(Ok((n, frame))) => {
                     link.read_idle = false;
