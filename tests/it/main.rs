@@ -11,6 +11,7 @@ mod harness;
 
 mod attacks;
 mod bench;
+mod budget;
 mod caddy;
 mod cli;
 mod doctor;
