@@ -43,8 +43,9 @@
 //!   and writes), `out`
 //!   (frames staged for the carrier), `wake` (who is woken), `handshake`
 //!   (ids, keys, resume proofs), `limits`
-//!   (refusals, limits on detached sessions), `registry` (the server's
-//!   sessions by id).
+//!   (refusals, limits on detached sessions), `budget` (the process-wide
+//!   bound on what all sessions hold, `--buffer-budget-mib`), `registry`
+//!   (the server's sessions by id).
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner
 //!   rustls configs), `early` (the server's outer TLS stream, which serves
 //!   0-RTT data before the handshake ends), `verify` (identity-checking
