@@ -339,3 +339,67 @@ async fn a_thousand_detached_sessions_stay_within_their_limits_and_go_after_the_
     drop(sessions);
     assert_eq!(registry.usage().sessions, 0, "the table is empty");
 }
+
+/// A session whose application never reads holds what the budget allows and
+/// no more, and a neighbour sharing that budget still moves its bytes at its
+/// floor's pace: a full budget pushes back instead of growing or stopping
+/// everyone.
+#[tokio::test]
+async fn a_full_budget_holds_a_stalled_session_back_and_a_neighbour_still_moves() {
+    let pool = Arc::new(super::budget::Pool::new(1 << 20));
+    let config = Config {
+        budget: pool.clone(),
+        ..Config::with_grace(Duration::from_secs(30))
+    };
+    let registry = Registry::new(config.clone(), Limits::default());
+    let open = |registry: &Registry| {
+        let (c, s) = relay(usize::MAX);
+        let server = registry.open(s);
+        let id = server.handle().id().expect("server sessions have an id");
+        let client = Session::new(config.clone(), c, Some(id));
+        for handle in [server.handle(), client.handle()] {
+            tokio::spawn(async move { handle.drive().await });
+        }
+        (server, client)
+    };
+    // The stalled one: its server side never reads.
+    let (_stalled_server, mut stalled) = open(&registry);
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let count = pushed.clone();
+    tokio::spawn(async move {
+        let chunk = vec![7u8; 64 << 10];
+        while stalled.write_all(&chunk).await.is_ok() {
+            count.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    // Until it is stuck.
+    let mut last = usize::MAX;
+    while pushed.load(Ordering::Relaxed) != last {
+        last = pushed.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pool.left(), 0, "the stalled session took the whole budget");
+    // Both its floors, the budget, and what the relay holds in between.
+    assert!(
+        last <= (1 << 20) + 4 * super::budget::FLOOR + (1 << 20),
+        "a never-read session took {last} bytes"
+    );
+    // The neighbour still gets 4 MiB through and back.
+    let (mut server, mut client) = open(&registry);
+    let data: Vec<u8> = (0..4usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let echo = tokio::spawn(async move {
+        let mut got = vec![0u8; 4 << 20];
+        server.read_exact(&mut got).await.expect("neighbour read");
+        got
+    });
+    let sent = data.clone();
+    tokio::time::timeout(LIMIT, client.write_all(&sent))
+        .await
+        .expect("the neighbour's writes hung")
+        .expect("neighbour write");
+    let got = tokio::time::timeout(LIMIT, echo)
+        .await
+        .expect("the neighbour's reads hung")
+        .unwrap();
+    assert!(got == data, "the neighbour's bytes arrived intact");
+}
