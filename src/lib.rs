@@ -29,7 +29,8 @@
 //!   place for windows, frame and header sizes), `splice` (the
 //!   bidirectional copy and its counts, in turns that yield to the
 //!   worker's other tasks and offer the CPU to other threads), `accept`
-//!   (the one accept loop), `workers` (single-threaded runtimes; a connection and all it carries
+//!   (the one accept loop), `ended` (why an outer connection ended, in the
+//!   user's words), `workers` (single-threaded runtimes; a connection and all it carries
 //!   stay on one), `busy_poll` (how long a woken worker keeps polling
 //!   before it sleeps, `--busy-poll`), `socket` (options of the outer TCP sockets, and the
 //!   buffer their reads go through).

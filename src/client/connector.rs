@@ -333,7 +333,10 @@ impl Connector {
             tokio::select! {
                 r = conn => match r {
                     Ok(()) => info!(%addr, "HTTP/2 connection closed"),
-                    Err(e) => info!(%addr, reason = %e, "HTTP/2 connection ended"),
+                    Err(e) => {
+                        let reason = crate::transport::ended::in_words(&e);
+                        info!(%addr, %reason, "HTTP/2 connection to the front end ended")
+                    }
                 },
                 // Keepalive failure: drop the connection (and its streams).
                 _ = on_end.cancelled() => {}
