@@ -36,7 +36,9 @@
 //!   buffer their reads go through).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
-//!   replay buffer), `carrier` (what a session runs over), `core` (one
+//!   replay buffer), `carrier` (what a session runs over), `carried` (how a
+//!   tunnel ends what it runs over, stream or session, on both sides: the
+//!   one `Carried` trait, `LINGER`, `FINISH_LIMIT`), `core` (one
 //!   session over many carriers; `core/handle` its control handle,
 //!   `core/link` one carrier's frames in and out,
 //!   `core/receive` what arriving frames do, `core/retired` a carrier a
@@ -61,8 +63,7 @@
 //!   `reload` (material swapped on SIGHUP or file change), `metrics`,
 //!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends),
 //!   `windows` (receive windows earned by authentication, the buffer
-//!   budget), `carried` (a tunnel over its stream or a session), `resume`
-//!   (resume requests).
+//!   budget), `resume` (resume requests).
 //! - [`client`]: `run`, `Forward` and the local listeners (`mod.rs`), `args`
 //!   (its flags and the forward they describe), `connector`
 //!   (the pool of HTTP/2 connections), `resolve` (the front end's addresses,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::resolve::Resolved;
-use super::Target;
+use super::target::Target;
 use crate::transport::settings;
 use crate::transport::stream::{H2Stream, StreamGuard};
 

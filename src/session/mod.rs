@@ -25,6 +25,7 @@
 //!
 //! The wire format is specified in docs/protocol.md, "Resume".
 
+mod carried;
 mod carrier;
 mod core;
 pub mod frame;
@@ -37,6 +38,7 @@ mod wake;
 
 use std::time::Duration;
 
+pub use self::carried::{Abort, Carried, FINISH_LIMIT, LINGER};
 pub use self::carrier::Carrier;
 pub use self::core::{Accepted, Session, SessionHandle};
 pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};

@@ -316,4 +316,4 @@ pub(super) fn linger(link: Link, lingering: &tokio_util::task::TaskTracker) {
 }
 
 /// How long an ended carrier waits for the peer's end of it.
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) use crate::session::carried::LINGER;
