@@ -27,6 +27,7 @@ mod owned;
 mod pem;
 mod reload;
 mod resume;
+mod resumed;
 mod routes;
 mod scheduling;
 mod tokens;

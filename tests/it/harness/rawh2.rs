@@ -105,6 +105,8 @@ pub struct Seen {
     /// which for this server means "not a tunnel" (4xx/5xx with a body, or
     /// an error answered at once).
     pub responses: HashMap<u32, bool>,
+    /// Body bytes the server sent, by stream.
+    pub data: HashMap<u32, usize>,
     /// The server closed the TCP connection (EOF or reset).
     pub closed: bool,
 }
@@ -160,6 +162,7 @@ impl RawConn {
                         HEADERS => {
                             s.responses.insert(stream, flags & END_STREAM != 0);
                         }
+                        DATA => *s.data.entry(stream).or_default() += len,
                         _ => {}
                     }
                     buf.drain(..9 + len);
