@@ -19,6 +19,8 @@ use crate::harness::*;
 
 /// SETTINGS_INITIAL_WINDOW_SIZE.
 const INITIAL_WINDOW_SIZE: u16 = 0x4;
+/// How late the server's first bytes on each connection reach the client.
+const SETTINGS_DELAY: Duration = Duration::from_millis(200);
 /// The stream window an authenticated tunnel's connection gets.
 const RAISED_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
@@ -110,12 +112,20 @@ async fn relay(
     let to_client = async {
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
+        // The server's first SETTINGS reach the client late, as across a
+        // real round trip: a resume (sent with the preface) then arrives
+        // before the client has acknowledged them, while a change of
+        // SETTINGS cannot be sent yet.
+        let mut first = true;
         loop {
             let n = match up_read.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             buf.extend_from_slice(&chunk[..n]);
+            if std::mem::take(&mut first) {
+                tokio::time::sleep(SETTINGS_DELAY).await;
+            }
             while buf.len() >= 9 {
                 let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
                 if buf.len() < 9 + len {
