@@ -71,7 +71,7 @@ pub(crate) async fn request(
         .headers()
         .contains_key(crate::session::handshake::RESUME)
     {
-        return crate::server::resume::resume(req, respond, &config);
+        return crate::server::resume::resume(req, respond, &config, conn);
     }
     let Ok(permit) = config.tunnels.clone().try_acquire_owned() else {
         warn!("tunnel limit reached: refusing with 503");

@@ -2,7 +2,11 @@
 //! stream. The session is looked up in the process's
 //! [`Registry`](crate::session::Registry); if every check passes the stream
 //! becomes the session's new carrier, and the tunnel's own task (backend
-//! connection, inner TLS) carries on where it was. A refusal changes
+//! connection, inner TLS) carries on where it was. The new carrier counts
+//! on its connection as an authenticated tunnel's request for as long as it
+//! carries: a valid proof authenticates the session as well as the inner
+//! handshake did, so the connection neither idles out under it nor keeps
+//! the pre-authentication windows. A refusal changes
 //! nothing in the session and is answered with its own status and a
 //! `postern-resume-refused` header naming the reason.
 
@@ -14,12 +18,19 @@ use tracing::{debug, info, warn};
 
 use crate::server::config::Config;
 use crate::server::reply::{ok, VERSION};
+use crate::server::windows::Counted;
 use crate::session::handshake::RESUME_REFUSED;
 use crate::session::ResumeRequest;
 use crate::transport::stream::H2Stream;
 
-/// Answers one resume request.
-pub(crate) fn resume(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, config: &Config) {
+/// Answers one resume request; `conn` is this request on its connection,
+/// handed to the carrier if the resume is accepted.
+pub(crate) fn resume(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    config: &Config,
+    conn: Counted,
+) {
     let metrics = &config.metrics;
     let Some(registry) = &config.resume else {
         // Resume is off here, so no session of this process can match.
@@ -40,7 +51,11 @@ pub(crate) fn resume(req: Request<RecvStream>, mut respond: SendResponse<Bytes>,
         let mut response = ok();
         answer.to_headers(response.headers_mut());
         let send = respond.send_response(response, false).ok()?;
-        Some(H2Stream::server(send, body.take()?))
+        // The proof is checked by now: the connection earns the windows of
+        // an authenticated tunnel, and keeps the request open, while this
+        // stream is the session's carrier (it drops with the stream).
+        conn.establish();
+        Some(H2Stream::server(send, body.take()?).with_guard(conn))
     });
     match answered {
         Ok((_, Some(moved))) => {

@@ -28,6 +28,7 @@ mod owned;
 mod pem;
 mod reload;
 mod resume;
+mod resumed;
 mod routes;
 mod scheduling;
 mod stdio;

@@ -28,7 +28,18 @@ impl Proc {
     /// Starts `postern <sub> <args…>` with JSON logs and waits for the line
     /// carrying `addr_field` (the listening address).
     pub fn start(sub: &str, args: &[&str], addr_field: &str) -> Proc {
+        Proc::start_with_env(sub, args, addr_field, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables (allocator tuning).
+    pub fn start_with_env(
+        sub: &str,
+        args: &[&str],
+        addr_field: &str,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .envs(env.iter().copied())
             .arg("--log-format")
             .arg("json")
             .arg(sub)
