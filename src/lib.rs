@@ -21,7 +21,8 @@
 //!   an exit code. [`cmd`]: flags only — `Cli`, `Command`, one file per
 //!   tool's `Args` (and its `run` where that is a thin adapter), `parse`
 //!   (flags from an argv, for the demo, bench and tests); the server's and
-//!   the client's `Args` live with them (`server/args`, `client/args`).
+//!   the client's and the bench's `Args` live with them (`server/args`,
+//!   `client/args`, `bench/args`).
 //!   [`duration`]: the one duration parser, a leaf every command's flags use.
 //! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
@@ -78,7 +79,7 @@
 //! - Tools: [`doctor`] (the step-by-step preflight: `requests`, `measure`,
 //!   `resume` — a session moved through the front end), [`demo`] (the whole
 //!   path on loopback, with `front`, the TLS-terminating front end standing
-//!   in for Cloud Run), [`mod@bench`] (the benchmark: `procs`, `relay` (the
+//!   in for Cloud Run), [`mod@bench`] (the benchmark: `args`, `procs`, `relay` (the
 //!   delay relay, which can also cut its connections), `floor` (two plain
 //!   TCP relays, the floor under the CPU and idle rows), `traffic`,
 //!   `scenarios/` with `beside` and `resume`, `report`).
