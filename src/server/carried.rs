@@ -81,6 +81,7 @@ impl Carried for Session {
     }
     fn keyed(&mut self, tls: &rustls::ServerConnection) {
         let handle = self.handle();
+        handle.authenticated();
         if let Some(id) = handle.id() {
             // Without a key (export failed) a cut simply ends the session.
             if let Ok(key) = ResumeKey::exported(tls, &id) {
