@@ -25,6 +25,7 @@ mod limits;
 mod operations;
 mod owned;
 mod pem;
+mod preauth;
 mod reload;
 mod resume;
 mod routes;
