@@ -107,6 +107,9 @@ impl Carried for Session {
     }
     async fn keyed<D: Sync>(&mut self, tls: &rustls::ConnectionCommon<D>) {
         let handle = self.handle();
+        // The peer is authenticated: the carrier may read past a handshake's
+        // worth now, key or no key (a server's cap; a client has none).
+        handle.authenticated();
         // A client's session started before its `200` learns its id from
         // the head, which arrived before the ServerHello but may not have
         // been handed over yet: the task that does so runs beside this one.

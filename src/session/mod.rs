@@ -61,6 +61,14 @@ pub use self::registry::{Limits, Refusal, Registry, Usage};
 /// idle tunnel holds nothing (chunks are freed as they are acknowledged).
 pub const WINDOW: usize = 8 * 1024 * 1024;
 
+/// What a server's session reads from its first carrier before the peer
+/// is authenticated (its resume key is set, or the inner handshake is
+/// done): a ClientHello and a client certificate chain with room to spare
+/// (docs/protocol.md §8, "Window and replay buffer"). Past it the bytes stay in the HTTP/2 stream,
+/// whose window is not released, so an unauthenticated peer is held to the
+/// HTTP/2 windows as it is without sessions, not to `consumed + window`.
+pub const PREAUTH_READ: usize = 32 * 1024;
+
 /// How long a detached session is kept for its client to come back.
 ///
 /// 60 s: a cut by the front end (Cloud Run's request timeout, a restart,

@@ -26,6 +26,7 @@ mod limits;
 mod operations;
 mod owned;
 mod pem;
+mod preauth;
 mod reload;
 mod resume;
 mod resumed;
