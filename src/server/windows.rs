@@ -50,8 +50,12 @@ pub const PREAUTH_HANDSHAKES: usize = 8;
 
 /// Tunnels of one connection that may wait, unanswered, for one of those
 /// handshakes to end: a burst of new tunnels is delayed, not refused.
-/// Beyond these a tunnel request is refused with REFUSED_STREAM.
-pub const PREAUTH_WAITING: usize = 24;
+/// Beyond these a tunnel request is refused with REFUSED_STREAM. More than
+/// Postern's client opens on one connection at once (its default
+/// `--max-streams-per-connection` is 100), so its bursts always wait; a
+/// waiting request holds only its h2 stream and a small boxed task (no TLS
+/// state), and its body is bounded by the windows above.
+pub const PREAUTH_WAITING: usize = 120;
 
 /// The receive window a connection carrying `established` authenticated
 /// tunnels gets: one full stream window each, capped.

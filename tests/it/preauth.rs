@@ -43,7 +43,7 @@ async fn warm_up(server: &Proc, pki: &Pki, shutdown: &CancellationToken) -> Sock
 /// Tunnels one connection may have before authentication: in their inner
 /// handshake, and waiting for one to finish (docs/protocol.md §1).
 const HANDSHAKES: usize = 8;
-const WAITING: usize = 24;
+const WAITING: usize = 120;
 
 /// An h2 client connection that advertises a zero stream window, so that
 /// nothing the server writes (its ServerHello included) can leave.
