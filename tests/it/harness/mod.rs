@@ -32,35 +32,32 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound for any single test step: only there to turn a hang into a failure.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A scratch directory (a [`tempfile::TempDir`], removed on drop) with
+/// the two things the tests do in one: name a file in it, write one.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "postern-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("postern-test-{tag}-"))
+            .tempdir()
+            .expect("temp dir");
         TempDir(dir)
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        self.0.path()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
 
     pub fn write(&self, name: &str, contents: &str) -> String {
         let p = self.path(name);
         std::fs::write(&p, contents).expect("write fixture");
         p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
