@@ -24,7 +24,7 @@ pub struct Forward {
     pub tokens: Option<IdTokens>,
     /// Limit for the inner handshake.
     pub handshake_timeout: Duration,
-    /// Worker threads for [`serve`] (see [`crate::transport::workers`]).
+    /// Worker threads for [`super::serve`] (see [`crate::transport::workers`]).
     pub workers: usize,
     /// How long a worker polls after it wakes (`--busy-poll`, see
     /// [`crate::transport::busy_poll`]).

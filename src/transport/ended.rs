@@ -1,6 +1,6 @@
 //! Why an outer connection ended, in the user's words rather than the TLS
 //! or HTTP/2 stack's: "peer closed connection without sending TLS
-//! close_notify: https://docs.rs/…" is what a front end that was killed or
+//! close_notify: (a link to rustls's docs)" is what a front end that was killed or
 //! restarted looks like from here.
 
 use std::io;
