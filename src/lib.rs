@@ -21,7 +21,8 @@
 //!   an exit code. [`cmd`]: flags only — `Cli`, `Command`, one file per
 //!   tool's `Args` (and its `run` where that is a thin adapter), `parse`
 //!   (flags from an argv, for the demo, bench and tests); the server's and
-//!   the client's `Args` live with them (`server/args`, `client/args`).
+//!   the client's and the bench's `Args` live with them (`server/args`,
+//!   `client/args`, `bench/args`).
 //!   [`duration`]: the one duration parser, a leaf every command's flags use.
 //! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
@@ -29,13 +30,16 @@
 //!   place for windows, frame and header sizes), `splice` (the
 //!   bidirectional copy and its counts, in turns that yield to the
 //!   worker's other tasks and offer the CPU to other threads), `accept`
-//!   (the one accept loop), `workers` (single-threaded runtimes; a connection and all it carries
+//!   (the one accept loop), `ended` (why an outer connection ended, in the
+//!   user's words), `workers` (single-threaded runtimes; a connection and all it carries
 //!   stay on one), `busy_poll` (how long a woken worker keeps polling
 //!   before it sleeps, `--busy-poll`), `socket` (options of the outer TCP sockets, and the
 //!   buffer their reads go through).
 //! - [`session`]: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
-//!   replay buffer), `carrier` (what a session runs over), `core` (one
+//!   replay buffer), `carrier` (what a session runs over), `carried` (how a
+//!   tunnel ends what it runs over, stream or session, on both sides: the
+//!   one `Carried` trait, `LINGER`, `FINISH_LIMIT`), `core` (one
 //!   session over many carriers; `core/handle` its control handle,
 //!   `core/link` one carrier's frames in and out,
 //!   `core/receive` what arriving frames do, `core/retired` a carrier a
@@ -61,8 +65,7 @@
 //!   `reload` (material swapped on SIGHUP or file change), `metrics`,
 //!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends),
 //!   `windows` (receive windows earned by authentication, the buffer
-//!   budget), `carried` (a tunnel over its stream or a session), `resume`
-//!   (resume requests).
+//!   budget), `resume` (resume requests).
 //! - [`client`]: `run`, `Forward` and the local listeners (`mod.rs`), `args`
 //!   (its flags and the forward they describe), `connector`
 //!   (the pool of HTTP/2 connections), `resolve` (the front end's addresses,
@@ -77,7 +80,7 @@
 //! - Tools: [`doctor`] (the step-by-step preflight: `requests`, `measure`,
 //!   `resume` — a session moved through the front end), [`demo`] (the whole
 //!   path on loopback, with `front`, the TLS-terminating front end standing
-//!   in for Cloud Run), [`mod@bench`] (the benchmark: `procs`, `relay` (the
+//!   in for Cloud Run), [`mod@bench`] (the benchmark: `args`, `procs`, `relay` (the
 //!   delay relay, which can also cut its connections), `floor` (two plain
 //!   TCP relays, the floor under the CPU and idle rows), `traffic`,
 //!   `scenarios/` with `beside` and `resume`, `report`).

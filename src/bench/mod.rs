@@ -8,6 +8,7 @@
 // The benchmark's driver writes its report once, after the measurements.
 #![allow(clippy::disallowed_methods)]
 
+mod args;
 mod floor;
 mod procs;
 mod relay;
@@ -20,9 +21,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub use args::Args;
 pub use report::{Report, Row};
-
-use crate::cmd::bench::Args;
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]

@@ -9,7 +9,10 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::ServerName;
 
-use crate::client::{Connector, Forward, IdTokens, ResumePolicy, Target, TokenSource};
+use super::connector::Connector;
+use super::forward::{Forward, ResumePolicy};
+use super::target::Target;
+use super::token::{IdTokens, TokenSource};
 use crate::duration::{parse_duration, parse_interval};
 use crate::tls::{self, pem, CertSlot};
 use crate::transport::busy_poll;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::resolve::Resolved;
-use super::Target;
+use super::target::Target;
 use crate::transport::settings;
 use crate::transport::stream::{H2Stream, StreamGuard};
 
@@ -333,7 +333,10 @@ impl Connector {
             tokio::select! {
                 r = conn => match r {
                     Ok(()) => info!(%addr, "HTTP/2 connection closed"),
-                    Err(e) => info!(%addr, reason = %e, "HTTP/2 connection ended"),
+                    Err(e) => {
+                        let reason = crate::transport::ended::in_words(&e);
+                        info!(%addr, %reason, "HTTP/2 connection to the front end ended")
+                    }
                 },
                 // Keepalive failure: drop the connection (and its streams).
                 _ = on_end.cancelled() => {}

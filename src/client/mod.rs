@@ -5,6 +5,7 @@
 
 mod args;
 mod connector;
+mod forward;
 mod resolve;
 pub(crate) mod resume;
 mod stdio;
@@ -13,7 +14,7 @@ mod token;
 
 pub use args::Args;
 pub use connector::{Connector, OpenError};
-pub use resume::ResumePolicy;
+pub use forward::{Forward, ResumePolicy};
 pub use stdio::stdio;
 pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use http::HeaderMap;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn};
 
-use crate::session::{Session, Stats};
+use crate::session::{Abort, Carried, Session, Stats};
 use crate::transport::splice::{self, Totals};
 use crate::transport::workers::Workers;
 
@@ -90,45 +90,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!("client stopped");
     Ok(())
-}
-
-/// One forward: a local listener and the connector for its URL.
-pub struct Forward {
-    /// Where tunnels go.
-    pub connector: Arc<Connector>,
-    /// Inner mTLS config and the name to verify, unless --no-inner-tls.
-    pub inner: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    /// Headers added to every tunnel request.
-    pub headers: HeaderMap,
-    /// ID tokens for the `authorization` header, if the service is private.
-    pub tokens: Option<IdTokens>,
-    /// Limit for the inner handshake.
-    pub handshake_timeout: Duration,
-    /// Worker threads for [`serve`] (see [`crate::transport::workers`]).
-    pub workers: usize,
-    /// How long a worker polls after it wakes (`--busy-poll`, see
-    /// [`crate::transport::busy_poll`]).
-    pub busy_poll: Duration,
-    /// Ask for a resumable session (None: `--no-resume`, today's byte stream).
-    pub resume: Option<ResumePolicy>,
-}
-
-impl Forward {
-    /// The same forward with a pool of its own, for another worker thread:
-    /// an HTTP/2 connection is driven on one thread, so each worker keeps
-    /// its own connections. ID tokens stay shared (one cache, one fetch).
-    fn for_worker(&self) -> Forward {
-        Forward {
-            connector: Arc::new(self.connector.sibling()),
-            inner: self.inner.clone(),
-            headers: self.headers.clone(),
-            tokens: self.tokens.clone(),
-            handshake_timeout: self.handshake_timeout,
-            workers: self.workers,
-            busy_poll: self.busy_poll,
-            resume: self.resume.clone(),
-        }
-    }
 }
 
 /// Accepts local connections until `shutdown`; each becomes one tunnel on
@@ -200,7 +161,7 @@ pub async fn serve_draining(
     // Sessions cut short tell the server with a last frame: let it leave
     // before the worker runtimes go.
     if let Some(policy) = &forward.resume {
-        policy.session.settle(Duration::from_secs(2)).await;
+        policy.session.settle(crate::session::LINGER).await;
     }
     Ok(())
 }
@@ -241,17 +202,6 @@ impl Forward {
                 "tunnel failed"
             ),
         }
-    }
-
-    /// The headers of every request of a tunnel: the configured ones and a
-    /// fresh ID token.
-    async fn request_headers(&self) -> anyhow::Result<HeaderMap> {
-        let mut headers = self.headers.clone();
-        if let Some(tokens) = &self.tokens {
-            let bearer = tokens.bearer().await.context("ID token")?;
-            headers.insert(http::header::AUTHORIZATION, bearer);
-        }
-        Ok(headers)
     }
 
     /// Carries one local byte stream through a new tunnel until both directions end.
@@ -376,7 +326,7 @@ impl Forward {
     async fn over<L, S>(&self, local: &mut L, stream: S) -> anyhow::Result<Totals>
     where
         L: AsyncRead + AsyncWrite + Unpin,
-        S: resume::Carried,
+        S: Carried,
     {
         let (result, totals) = match &self.inner {
             Some((config, name)) => {
@@ -394,21 +344,13 @@ impl Forward {
                 let (io, conn) = tls.get_mut();
                 io.keyed(conn).await;
                 let (result, totals) = splice::splice(local, &mut tls).await;
-                if result.is_ok() {
-                    tls.get_mut().0.finish().await;
-                } else {
-                    tls.get_mut().0.abort().await;
-                }
+                tls.get_mut().0.end_after(&result, Abort::Failed).await;
                 (result, totals)
             }
             None => {
                 let mut stream = stream;
                 let (result, totals) = splice::splice(local, &mut stream).await;
-                if result.is_ok() {
-                    stream.finish().await;
-                } else {
-                    stream.abort().await;
-                }
+                stream.end_after(&result, Abort::Failed).await;
                 (result, totals)
             }
         };

@@ -15,11 +15,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::Forward;
+use super::forward::{Forward, ResumePolicy};
 use crate::session::{handshake, Phase, ResumeResponse, Session, SessionHandle};
 use crate::transport::stream::{H2Stream, Refused};
 
@@ -27,30 +26,6 @@ use crate::transport::stream::{H2Stream, Refused};
 const UNKNOWN_TRIES: u32 = 3;
 /// The first and the longest wait between resume attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
-
-/// Resume settings of a forward.
-#[derive(Debug, Clone)]
-pub struct ResumePolicy {
-    /// The sessions' parameters: `grace` is how long a cut session is
-    /// retried (the server's `--resume-timeout` should be at least this).
-    pub session: crate::session::Config,
-    /// Move the session to a fresh stream this long after its stream
-    /// opened, before a front end's request timeout cuts it (None: never).
-    pub max_request_age: Option<Duration>,
-    /// Whether the server offered a session last time: then the next
-    /// tunnel's session starts before its `200` (shared by the workers).
-    pub(crate) offered: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Default for ResumePolicy {
-    fn default() -> Self {
-        ResumePolicy {
-            session: crate::session::Config::default(),
-            max_request_age: Some(Duration::from_secs(55 * 60)),
-            offered: Default::default(),
-        }
-    }
-}
 
 /// The cookies a front end set (Cloud Run's session affinity, for one),
 /// sent back on every request of the tunnel.
@@ -291,65 +266,4 @@ pub(crate) fn offered(
         session.handle().set_key(key);
     }
     Ok(session)
-}
-
-/// What a client tunnel's bytes run over: the HTTP/2 stream, or a session.
-pub(crate) trait Carried:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
-{
-    /// After a failed inner handshake: let the alert reach the server.
-    fn linger(self) -> impl std::future::Future<Output = ()> + Send;
-    /// After a clean copy: end without cutting what the peer still reads.
-    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
-    /// The copy failed (the local connection was reset): pass it on.
-    fn abort(&mut self) -> impl std::future::Future<Output = ()> + Send;
-    /// The inner handshake is done: key resumes from it.
-    fn keyed(
-        &mut self,
-        tls: &rustls::ClientConnection,
-    ) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl Carried for H2Stream {
-    async fn linger(self) {
-        H2Stream::linger(self).await
-    }
-    async fn finish(&mut self) {
-        H2Stream::finish(self).await
-    }
-    // Dropping an unfinished stream resets it.
-    async fn abort(&mut self) {}
-    async fn keyed(&mut self, _: &rustls::ClientConnection) {}
-}
-
-impl Carried for Session {
-    async fn linger(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.shutdown().await;
-            let _ = self.flush().await;
-        })
-        .await;
-    }
-    async fn finish(&mut self) {
-        // Bounded: a peer cut meanwhile has the grace period to come back,
-        // and the session ends by itself when that passes.
-        let _ = tokio::time::timeout(Duration::from_secs(30), Session::finish(self)).await;
-    }
-    async fn abort(&mut self) {
-        // CLOSE with a reset code: the server resets its backend connection
-        // at once instead of waiting the grace period for a resume.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.reset()).await;
-    }
-    async fn keyed(&mut self, tls: &rustls::ClientConnection) {
-        let handle = self.handle();
-        // A session started before its `200` learns its id from the head,
-        // which arrived before the ServerHello but may not have been handed
-        // over yet: the task that does so runs beside this one.
-        let Ok(id) = tokio::time::timeout(Duration::from_secs(2), handle.known_id()).await else {
-            return;
-        };
-        if let Ok(key) = crate::session::ResumeKey::exported(tls, &id) {
-            handle.set_key(key);
-        }
-    }
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Forward;
+use super::forward::Forward;
 
 /// How long the session's last frames get to reach the server before the
 /// process exits (as the listener's end of drain allows).
-const SETTLE: Duration = Duration::from_secs(2);
+const SETTLE: Duration = crate::session::LINGER;
 
 /// Carries stdin/stdout through one tunnel until it ends, or until
 /// `shutdown` (SIGHUP from ssh as it exits, SIGTERM, SIGINT) and then at

@@ -4,11 +4,10 @@
 //! [`crate::duration`] is the parser behind every duration flag.
 
 pub mod backend;
-pub mod bench;
 pub mod certs;
 pub mod demo;
 pub mod doctor;
-mod parse;
+pub(crate) mod parse;
 
 pub use parse::parse_args;
 
@@ -51,7 +50,7 @@ pub enum Command {
     Backend(backend::Args),
     /// Measure throughput, latency, set-up time, tunnel rate, memory and
     /// fairness on this machine, against raw TCP.
-    Bench(bench::Args),
+    Bench(crate::bench::Args),
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Args as ClientArgs;
-use crate::cmd::parse_args;
+use crate::cmd::parse::parse_args;
 use crate::pki::{self, CertDir, KeyAlg, LeafSpec};
 use crate::server::backend::{self, Mode, BANNER};
 use crate::tls::pem;

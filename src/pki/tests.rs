@@ -1,7 +1,7 @@
 #![allow(clippy::disallowed_methods)] // test fixtures are written before anything runs
 use super::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -378,13 +378,6 @@ fn every_algorithm_completes_a_mutual_handshake() {
     );
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn args(out: &Path, reuse_ca: bool, force: bool) -> Args {
     Args {
         out: out.to_owned(),
@@ -398,12 +391,9 @@ fn args(out: &Path, reuse_ca: bool, force: bool) -> Args {
 
 #[test]
 fn run_writes_refuses_and_forces() {
-    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let tmp = TempDir(
-        std::env::temp_dir().join(format!("postern-certs-test-{}-{nanos}", std::process::id())),
-    );
+    let tmp = tempfile::tempdir().unwrap();
     // A nested path shows the directory is created.
-    let out = tmp.0.join("nested");
+    let out = tmp.path().join("nested");
     run(args(&out, false, false)).unwrap();
     let files = [
         CA_CERT,
@@ -470,7 +460,7 @@ fn run_writes_refuses_and_forces() {
     };
     assert!(verify_client(&ca, &client).is_ok());
 
-    let empty = tmp.0.join("empty");
+    let empty = tmp.path().join("empty");
     let err = run(args(&empty, true, false)).unwrap_err();
     assert!(format!("{err:#}").contains(CA_CERT), "{err:#}");
 }
@@ -478,29 +468,31 @@ fn run_writes_refuses_and_forces() {
 #[test]
 fn cert_dir_writes_private_files_and_flags_both_sides_accept() {
     use crate::cmd::parse_args;
-    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let tmp = TempDir(std::env::temp_dir().join(format!(
-        "postern-certdir-test-{}-{nanos}",
-        std::process::id()
-    )));
+    let tmp = tempfile::tempdir().unwrap();
     // A loose file already there must not lend its mode to the new one.
-    fs::create_dir_all(&tmp.0).unwrap();
-    fs::write(tmp.0.join(SERVER_KEY), "old").unwrap();
+    fs::write(tmp.path().join(SERVER_KEY), "old").unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(tmp.0.join(SERVER_KEY), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(
+            tmp.path().join(SERVER_KEY),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
     }
     let b = bundle(&[], &[], KeyAlg::default()).unwrap();
-    let dir = CertDir::write(&tmp.0, &b).unwrap();
+    let dir = CertDir::write(tmp.path(), &b).unwrap();
     assert_eq!(
-        fs::read_to_string(tmp.0.join(SERVER_KEY)).unwrap(),
+        fs::read_to_string(tmp.path().join(SERVER_KEY)).unwrap(),
         b.server.key_pem
     );
     #[cfg(unix)]
     for name in [CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(tmp.0.join(name)).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
     let mut server = vec!["--backend".to_owned(), "127.0.0.1:1".into()];
@@ -511,6 +503,6 @@ fn cert_dir_writes_private_files_and_flags_both_sides_accept() {
     client.extend(dir.client_flags());
     let client: Vec<&str> = client.iter().map(String::as_str).collect();
     let args = parse_args::<crate::client::Args>("client", &client).unwrap();
-    assert_eq!(args.ca, Some(tmp.0.join(CA_CERT)));
-    assert_eq!(args.tls_ca, Some(tmp.0.join(CA_CERT)));
+    assert_eq!(args.ca, Some(tmp.path().join(CA_CERT)));
+    assert_eq!(args.tls_ca, Some(tmp.path().join(CA_CERT)));
 }

@@ -17,7 +17,6 @@
 
 mod args;
 pub mod backend;
-mod carried;
 mod config;
 mod config_file;
 mod metrics;

@@ -66,12 +66,25 @@ pub(crate) async fn request(
             "method_not_allowed",
         );
     }
+    let source = if behind_front {
+        forwarded_for(req.headers()).unwrap_or(peer)
+    } else {
+        peer
+    };
     // A resume brings a new stream to a tunnel that already holds its slot.
     if req
         .headers()
         .contains_key(crate::session::handshake::RESUME)
     {
-        return crate::server::resume::resume(req, respond, &config);
+        return crate::server::resume::resume(req, respond, &config, conn, source);
+    }
+    // A connection's handshakes are capped (`windows::PREAUTH_HANDSHAKES`);
+    // REFUSED_STREAM says nothing was done and the request may be retried.
+    if !conn.admit(config.limits.handshake_timeout).await {
+        debug!("too many inner handshakes on this connection: REFUSED_STREAM");
+        config.metrics.refused("handshake_limit");
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
     }
     let Ok(permit) = config.tunnels.clone().try_acquire_owned() else {
         warn!("tunnel limit reached: refusing with 503");
@@ -81,11 +94,6 @@ pub(crate) async fn request(
             "tunnel limit reached\n",
             "tunnel_limit",
         );
-    };
-    let source = if behind_front {
-        forwarded_for(req.headers()).unwrap_or(peer)
-    } else {
-        peer
     };
     let tunnel = Tunnel {
         path,
@@ -98,7 +106,9 @@ pub(crate) async fn request(
         sessions: config.resume.clone(),
         _permit: permit,
     };
-    tunnel.run(req, respond).await;
+    // Boxed: a task is allocated at the size of its largest state, and
+    // requests refused or waiting above should not each cost a tunnel's.
+    Box::pin(tunnel.run(req, respond)).await;
 }
 
 /// CONNECT has no path: it uses the only path there is, or `/`.

@@ -19,7 +19,6 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{field, info_span, Instrument};
 
 use crate::authz::PeerIdentity;
-use crate::server::carried::Carried;
 use crate::server::metrics::Metrics;
 use crate::server::proxy_protocol;
 use crate::server::reload::Material;
@@ -28,7 +27,7 @@ use crate::server::report::{log, Observer, TunnelError, TunnelReport};
 use crate::server::routes::Route;
 use crate::server::watchdog::{self, Activity, Expired, Metered};
 use crate::server::windows::Counted;
-use crate::session::{handshake, Phase, Registry, ResumeKey, Session};
+use crate::session::{handshake, Abort, Carried, Phase, Registry, ResumeKey, Session};
 use crate::tls::{self, HandshakeFailure};
 use crate::transport::splice::{self, Totals};
 use crate::transport::stream::H2Stream;
@@ -272,7 +271,7 @@ impl Tunnel {
             // Nothing to hand the ClientHello to: reset instead of answering.
             let mut accept = start.into_stream(any_inner);
             if let Some(s) = accept.get_mut() {
-                s.refuse().await;
+                s.abort(Abort::Refused).await;
             }
             return Err(self.no_route(sni));
         };
@@ -292,7 +291,7 @@ impl Tunnel {
         // END_STREAM may wait for the client's; see `defer_end_stream`.
         let (io, conn) = tls.get_mut();
         io.defer_end();
-        io.keyed(conn);
+        io.keyed(conn).await;
         // Authenticated: only now may the connection buffer at full windows.
         self.conn.establish();
         report.identity = tls::peer_identity(tls.get_ref().1).map(|mut id| {
@@ -305,7 +304,7 @@ impl Tunnel {
         let mut backend = match self.backend(route, report.identity.as_ref()).await {
             Ok(b) => b,
             Err(e) => {
-                tls.get_mut().0.refuse().await;
+                tls.get_mut().0.abort(Abort::Refused).await;
                 return Err(e);
             }
         };
@@ -366,25 +365,24 @@ impl Tunnel {
         let expired = tokio::select! {
             (result, totals) = splice::splice(backend, stream) => {
                 report.totals = totals;
-                if let Err(e) = result {
+                if result.is_err() {
                     splice::abort(&backend.inner);
-                    carried(stream).failed().await;
-                    return Err(TunnelError::Copy(e));
+                } else {
+                    let _ = backend.shutdown().await;
                 }
-                let _ = backend.shutdown().await;
-                // Close both sides of the stream before dropping it: a drop
-                // with the client's END_STREAM still in flight resets the
-                // stream, and a reset can discard response bytes the client
-                // has not read yet.
-                carried(stream).finish().await;
-                return Ok(());
+                // A clean end closes both sides of the stream before dropping
+                // it: a drop with the client's END_STREAM still in flight
+                // resets the stream, and a reset can discard response bytes
+                // the client has not read yet. A failed copy passes the reset on.
+                carried(stream).end_after(&result, Abort::Failed).await;
+                return result.map_err(TunnelError::Copy);
             }
             expired = watchdog::expiry(&activity, idle, lifetime) => expired,
         };
         // The copy was cut short, so its totals are lost; the metrics still
         // counted every byte.
         splice::abort(&backend.inner);
-        carried(stream).cancel().await;
+        carried(stream).abort(Abort::Cancelled).await;
         Err(match expired {
             Expired::Idle(d) => TunnelError::Idle(d),
             Expired::Lifetime(d) => TunnelError::Lifetime(d),

@@ -25,8 +25,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::transport::settings;
 
@@ -38,6 +39,23 @@ pub const PREAUTH_STREAM_WINDOW: u32 = 64 * 1024;
 /// handshakes' worth, the most an unauthenticated peer can make one
 /// connection buffer.
 pub const PREAUTH_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Tunnels of one connection in their inner handshake at once (without
+/// inner TLS: connecting their backend). A stalled handshake costs about
+/// 40 KiB (its task, TLS state, stream and session) plus what its body
+/// holds (a session reads at most `session::PREAUTH_READ` of it, the rest
+/// is bounded by the windows above): 8 of them keep an unauthenticated
+/// connection under 1 MiB whatever it sends (tests/it/preauth.rs).
+pub const PREAUTH_HANDSHAKES: usize = 8;
+
+/// Tunnels of one connection that may wait, unanswered, for one of those
+/// handshakes to end: a burst of new tunnels is delayed, not refused.
+/// Beyond these a tunnel request is refused with REFUSED_STREAM. More than
+/// Postern's client opens on one connection at once (its default
+/// `--max-streams-per-connection` is 100), so its bursts always wait; a
+/// waiting request holds only its h2 stream and a small boxed task (no TLS
+/// state), and its body is bounded by the windows above.
+pub const PREAUTH_WAITING: usize = 120;
 
 /// The receive window a connection carrying `established` authenticated
 /// tunnels gets: one full stream window each, capped.
@@ -133,11 +151,27 @@ impl Drop for Grant {
 /// What the tunnels of one connection tell the task that drives it: how many
 /// requests are open (for the idle timeout) and how many tunnels have
 /// authenticated (for the windows).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Share {
     open: AtomicUsize,
     established: AtomicUsize,
     changed: Notify,
+    /// Handshakes in progress ([`PREAUTH_HANDSHAKES`]) and those waiting
+    /// for one to end ([`PREAUTH_WAITING`]).
+    handshakes: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            open: AtomicUsize::new(0),
+            established: AtomicUsize::new(0),
+            changed: Notify::new(),
+            handshakes: Arc::new(Semaphore::new(PREAUTH_HANDSHAKES)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Share {
@@ -147,6 +181,7 @@ impl Share {
         Counted {
             share: self.clone(),
             established: AtomicBool::new(false),
+            handshake: Mutex::new(None),
         }
     }
 
@@ -171,12 +206,47 @@ impl Share {
 pub struct Counted {
     share: Arc<Share>,
     established: AtomicBool,
+    /// This tunnel's place among the connection's handshakes, held until
+    /// it is established or ends.
+    handshake: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Counted {
+    /// Takes one of the connection's handshake places, waiting at most
+    /// `wait` (behind at most [`PREAUTH_WAITING`] others) for one to free;
+    /// `false`: the tunnel is to be refused.
+    pub async fn admit(&self, wait: Duration) -> bool {
+        let places = &self.share.handshakes;
+        let permit = match places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let waiting = &self.share.waiting;
+                if waiting.fetch_add(1, Ordering::AcqRel) >= PREAUTH_WAITING {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                }
+                let got = tokio::time::timeout(wait, places.clone().acquire_owned()).await;
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(Ok(permit)) => permit,
+                    _ => return false,
+                }
+            }
+        };
+        *self.handshake.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        true
+    }
+
     /// The tunnel has authenticated its client (or, without inner TLS, has
     /// its backend): the connection may now widen its windows for it.
     pub fn establish(&self) {
+        // Its handshake is over: the place goes to the next one.
+        drop(
+            self.handshake
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if !self.established.swap(true, Ordering::AcqRel) {
             self.share.established.fetch_add(1, Ordering::AcqRel);
             self.share.changed.notify_one();

@@ -127,6 +127,10 @@ struct State {
     /// as consumed, so the peer's data and FIN are acknowledged. A TLS layer
     /// above stops reading at its close_notify, before the session's FIN.
     draining: bool,
+    /// Bytes read from the carrier so far while the peer is not yet
+    /// authenticated (no key), or `None` once reads are not capped: see
+    /// [`super::PREAUTH_READ`].
+    preauth_read: Option<usize>,
     // Accounting while detached.
     budget: Option<Arc<Budget>>,
     charged: Option<usize>,
@@ -473,6 +477,7 @@ impl Session {
             eof_read: false,
             peer_done: false,
             draining: false,
+            preauth_read: None,
             budget: None,
             charged: None,
             drawn_out: Drawn::default(),
@@ -500,7 +505,15 @@ impl Session {
         budget: Arc<Budget>,
         registration: impl Send + Sync + 'static,
     ) -> Session {
-        self.shared.lock().budget = Some(budget);
+        {
+            let mut st = self.shared.lock();
+            st.budget = Some(budget);
+            // A server's session serves whoever opened the stream: until
+            // its key proves the peer, it reads no more than a handshake.
+            if st.key.is_none() {
+                st.preauth_read = Some(0);
+            }
+        }
         self._registration = Some(Box::new(registration));
         self
     }

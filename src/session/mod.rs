@@ -28,6 +28,7 @@
 //! The wire format is specified in docs/protocol.md, "Resume".
 
 pub mod budget;
+mod carried;
 mod carrier;
 mod core;
 pub mod frame;
@@ -40,6 +41,7 @@ mod wake;
 
 use std::time::Duration;
 
+pub use self::carried::{Abort, Carried, FINISH_LIMIT, LINGER};
 pub use self::carrier::Carrier;
 pub use self::core::{Accepted, Session, SessionHandle};
 pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
@@ -61,6 +63,14 @@ pub use self::registry::{Limits, Refusal, Registry, Usage};
 /// whatever the peer does (data past the window is a protocol error), and an
 /// idle tunnel holds nothing (chunks are freed as they are acknowledged).
 pub const WINDOW: usize = 8 * 1024 * 1024;
+
+/// What a server's session reads from its first carrier before the peer
+/// is authenticated (its resume key is set, or the inner handshake is
+/// done): a ClientHello and a client certificate chain with room to spare
+/// (docs/protocol.md §8, "Window and replay buffer"). Past it the bytes stay in the HTTP/2 stream,
+/// whose window is not released, so an unauthenticated peer is held to the
+/// HTTP/2 windows as it is without sessions, not to `consumed + window`.
+pub const PREAUTH_READ: usize = 32 * 1024;
 
 /// How long a detached session is kept for its client to come back.
 ///

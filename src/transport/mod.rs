@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod busy_poll;
+pub mod ended;
 pub mod settings;
 pub mod socket;
 pub mod splice;

@@ -53,7 +53,9 @@ pub struct H2Stream {
     end_pending: bool,
     /// Where the response's headers go when a read consumes them.
     head_to: Option<tokio::sync::oneshot::Sender<io::Result<http::HeaderMap>>>,
-    _guard: Option<StreamGuard>,
+    /// What the stream's life is counted by (a connection's open streams
+    /// on the client, an open request on the server): dropped with it.
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 /// Decrements a connection's open-stream count when the stream is dropped.
@@ -140,8 +142,8 @@ impl H2Stream {
     }
 
     /// Attaches a guard that is dropped together with the stream.
-    pub fn with_guard(mut self, guard: StreamGuard) -> Self {
-        self._guard = Some(guard);
+    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self._guard = Some(Box::new(guard));
         self
     }
 

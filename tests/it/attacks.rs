@@ -7,10 +7,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::harness::child::{self, Proc};
 use crate::harness::rawh2::*;
 use crate::harness::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -241,59 +244,166 @@ async fn oversized_header_lists_are_refused() {
     assert_eq!(t.backend.accepts(), 2);
 }
 
-/// Sends `total` copies of `unit`, `batch` per write, while reading replies.
-async fn flood(addr: SocketAddr, started: oneshot::Sender<()>, unit: Vec<u8>) -> (usize, Seen) {
-    let mut c = RawConn::handshake(addr).await;
-    let batch: Vec<u8> = unit.repeat(1000);
-    let mut sent = 0;
-    let mut started = Some(started);
-    for _ in 0..100 {
-        if c.send(&batch).await.is_err() {
-            break;
+/// What the server had taken off a flooding connection whose peer never
+/// read an answer, once it stopped reading.
+#[derive(Debug)]
+struct Unread {
+    /// Flood bytes the attacker's kernel accepted.
+    written: u64,
+    /// Bytes the server read off its socket.
+    consumed: u64,
+    /// Answer bytes waiting in the two kernels (the server's send queue and
+    /// the attacker's receive queue).
+    answers: u64,
+}
+
+/// What a server may hold of a connection in its own memory: its read
+/// buffer and h2's frame buffers (64 KiB and a few 16 KiB frames), with
+/// room to spare. A server that read on without writing its answers would
+/// pass it after a few MiB of a flood.
+const HELD_BOUND: u64 = 1 << 20;
+
+/// Past this the server plainly reads a flood whose answers nobody takes.
+const UNREAD_CAP: u64 = 256 << 20;
+
+/// Floods `addr` with copies of `unit` (each answered by `answer_len`
+/// bytes) and never reads: h2 answers every SETTINGS and PING before it
+/// reads the next frame, so once the answers fill the kernels' buffers the
+/// server must stop reading the connection. Asserts at every stall of the
+/// writes that what the server read, less what its answers account for,
+/// fits [`HELD_BOUND`]; returns once the server has left unread bytes in
+/// its socket through consecutive checks without reading any.
+async fn flood_unread(addr: SocketAddr, unit: &[u8], answer_len: u64) -> (TcpStream, Unread) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small receive buffer: the answers fill it soon.
+    sock.set_recv_buffer_size(32 * 1024).expect("SO_RCVBUF");
+    let mut stream = sock.connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut opening = PREFACE.to_vec();
+    opening.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&opening).await.expect("preface");
+    let (me, server) = (stream.local_addr().unwrap().port(), addr.port());
+    let batch = unit.repeat(4096);
+    let unit_len = unit.len() as u64;
+    let mut written = opening.len() as u64;
+    let mut flood = 0usize;
+    let (mut last, mut still) = (None, 0);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match stream.try_write(&batch[flood % batch.len()..]) {
+            Ok(n) => {
+                flood += n;
+                written += n as u64;
+                assert!(
+                    written < UNREAD_CAP,
+                    "the server read {written} bytes of a flood whose answers were never read"
+                );
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the server closed the flooding connection: {e}"),
         }
-        sent += 1000;
-        if let Some(s) = started.take() {
-            let _ = s.send(());
+        let (Some((my_tx, my_rx)), Some((its_tx, its_rx))) =
+            (tcp_queues(me, Some(server)), tcp_queues(server, Some(me)))
+        else {
+            panic!("the flooding connection is gone from /proc/net/tcp");
+        };
+        let state = Unread {
+            written,
+            consumed: written.saturating_sub(my_tx + its_rx),
+            answers: its_tx + my_rx,
+        };
+        let answered = state.answers * unit_len / answer_len;
+        assert!(
+            state.consumed <= answered + HELD_BOUND,
+            "the server read more of the flood than its answers account for: {state:?}"
+        );
+        // The server reads nothing more while bytes wait in its socket.
+        if its_rx > 0 && last == Some(state.consumed) {
+            still += 1;
+            if still == 5 {
+                return (stream, state);
+            }
+        } else {
+            (last, still) = (Some(state.consumed), 0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood neither stalled nor overran: {state:?}"
+        );
+        tokio::select! {
+            _ = stream.writable() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
-    let _ = c.send(&frame(PING, 0, 0, b"flood-ok")).await;
-    let seen = c
-        .wait_for(LIMIT, "flood processed or connection closed", |s| {
-            s.frames.get(&PING).copied().unwrap_or(0) > 0 || s.closed
-        })
-        .await;
-    (sent, seen)
+}
+
+/// How many frames each flood sends while reading the answers.
+const FLOOD_FRAMES: usize = 100_000;
+
+/// Sends [`FLOOD_FRAMES`] copies of `unit` and a last PING, reading the
+/// answers as they come, until that PING's answer (or a close).
+async fn flood_read(addr: SocketAddr, unit: &[u8]) -> Seen {
+    let mut c = RawConn::handshake(addr).await;
+    let batch: Vec<u8> = unit.repeat(1000);
+    for _ in 0..FLOOD_FRAMES / 1000 {
+        c.send(&batch)
+            .await
+            .expect("the server closed the flooding connection");
+    }
+    c.send(&frame(PING, 0, 0, b"flood-ok"))
+        .await
+        .expect("last PING");
+    let pings = if unit[3] == PING { FLOOD_FRAMES + 1 } else { 1 };
+    c.wait_for(LIMIT, "the last PING answered", |s| {
+        s.frames.get(&PING).copied().unwrap_or(0) >= pings
+    })
+    .await
+}
+
+/// The two floods in turn: one never reading (the server must stop reading
+/// it: `started` fires then, so the legitimate tunnel runs beside a stalled
+/// connection), one reading every answer.
+async fn flood(
+    addr: SocketAddr,
+    started: oneshot::Sender<()>,
+    unit: Vec<u8>,
+    answer_len: u64,
+) -> (Unread, Seen) {
+    let (held, unread) = flood_unread(addr, &unit, answer_len).await;
+    let _ = started.send(());
+    let seen = flood_read(addr, &unit).await;
+    drop(held);
+    (unread, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_flood_is_survived() {
+async fn settings_flood_is_answered_frame_by_frame_and_stalls_when_unread() {
     let t = Target::start(false, "10").await;
-    // SETTINGS_INITIAL_WINDOW_SIZE = 65535, each one needing an ACK.
+    // SETTINGS_INITIAL_WINDOW_SIZE = 65535, each one needing an ACK (an
+    // empty SETTINGS frame, 9 bytes).
     let unit = frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
-    let (sent, seen) = t
-        .under("SETTINGS flood", |addr, s| flood(addr, s, unit))
+    let (unread, seen) = t
+        .under("SETTINGS flood", |addr, s| flood(addr, s, unit, 9))
         .await;
-    eprintln!(
-        "SETTINGS flood: {sent} frames sent; server: {} SETTINGS back, goaway {:?}, closed {}",
-        seen.frames.get(&SETTINGS).copied().unwrap_or(0),
-        seen.goaway,
-        seen.closed
-    );
-    assert!(sent > 0);
+    eprintln!("SETTINGS flood: unread {unread:?}; read: {seen:?}");
+    assert!(unread.consumed < unread.written, "{unread:?}");
+    assert!(!seen.closed && seen.goaway.is_none(), "{seen:?}");
+    // The server's own SETTINGS, the ACK of the handshake's, one per frame.
+    assert_eq!(seen.frames.get(&SETTINGS), Some(&(FLOOD_FRAMES + 2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ping_flood_is_survived() {
+async fn ping_flood_is_answered_frame_by_frame_and_stalls_when_unread() {
     let t = Target::start(false, "10").await;
     let unit = frame(PING, 0, 0, b"pingping");
-    let (sent, seen) = t.under("PING flood", |addr, s| flood(addr, s, unit)).await;
-    eprintln!(
-        "PING flood: {sent} PINGs sent; server: {} PING ACKs, goaway {:?}, closed {}",
-        seen.frames.get(&PING).copied().unwrap_or(0),
-        seen.goaway,
-        seen.closed
-    );
-    assert!(sent > 0);
+    let (unread, seen) = t
+        .under("PING flood", |addr, s| flood(addr, s, unit, 17))
+        .await;
+    eprintln!("PING flood: unread {unread:?}; read: {seen:?}");
+    assert!(unread.consumed < unread.written, "{unread:?}");
+    assert!(!seen.closed && seen.goaway.is_none(), "{seen:?}");
+    assert_eq!(seen.frames.get(&PING), Some(&(FLOOD_FRAMES + 1)));
 }
 
 /// Opens `n` connections, writes `opening` on each, then goes silent and

@@ -268,13 +268,17 @@ async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let server = in_process(
-        &pki,
-        backend.addr,
-        &["--connection-idle-timeout", "300ms"],
-        &shutdown,
-    )
-    .await;
+    let flags = [
+        "--connection-idle-timeout",
+        "300ms",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let server = in_process(&pki, backend.addr, &flags, &shutdown).await;
+    let metrics = server.config.metrics_addr.unwrap();
+    let open_connections = || async move {
+        sample(&scrape(metrics).await, "postern_connections_open").expect("the gauge")
+    };
     let mut conn = rawh2::RawConn::handshake(server.addr).await;
     let seen = conn.wait_closed(LIMIT, "the idle connection closed").await;
     assert_eq!(
@@ -282,9 +286,10 @@ async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
         Some(0),
         "a GOAWAY with NO_ERROR first: {seen:?}"
     );
-    // A tunnel keeps its connection open past the timeout, and the pooled
-    // client recovers from the close once it is idle again.
-    let client = start_client(
+    assert!(poll(|| async { open_connections().await == 0.0 }).await);
+    // A tunnel keeps its connection open past the timeout: an idle
+    // connection opened after it is closed first.
+    let (client, forward) = start_client_with_pool(
         &format!("http://127.0.0.1:{}/", server.addr.port()),
         &strs(&client_flags(&pki, &[])),
         &shutdown,
@@ -294,13 +299,32 @@ async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
     sock.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     sock.read_exact(&mut buf).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut later = rawh2::RawConn::handshake(server.addr).await;
+    later
+        .wait_closed(LIMIT, "the later idle connection closed")
+        .await;
     sock.write_all(b"pong").await.unwrap();
     sock.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"pong", "the open tunnel survived the idle timeout");
+    assert!(
+        poll(|| async { open_connections().await == 1.0 }).await,
+        "the tunnel's connection is the one left open"
+    );
+    assert_eq!(pool_connections(&forward.connector).await, 1);
+    // Once its tunnel has ended, the connection idles and is closed; the
+    // pooled client lets it go and dials one new connection for the next.
     drop(sock);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        poll(|| async { open_connections().await == 0.0 }).await,
+        "the server kept the idle pooled connection open"
+    );
+    assert!(
+        poll(|| async { pool_connections(&forward.connector).await == 0 }).await,
+        "the client kept the closed connection in its pool"
+    );
     assert_eq!(round_trip(client, b"again").await.unwrap(), b"again");
+    assert_eq!(pool_connections(&forward.connector).await, 1);
+    assert_eq!(backend.accepts(), 2);
     shutdown.cancel();
 }
 
@@ -526,11 +550,13 @@ async fn a_reload_stuck_on_a_file_does_not_stall_the_accept_loop() {
     shutdown.cancel();
 }
 
-/// One authenticated tunnel earns its connection full windows: a stream
-/// opened next to it may send a whole 8 MiB stream window at once, and a
-/// 256 MiB transfer goes through intact (its rate is printed, not asserted).
+/// One authenticated tunnel earns its connection full windows: a 256 MiB
+/// transfer goes through intact, and a stream opened next to an
+/// authenticated tunnel may send a whole stream window (8 MiB, not the
+/// 64 KiB before authentication) at once, which the connection window
+/// covers too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
+async fn a_legitimate_tunnel_earns_full_windows() {
     use postern::transport::stream::H2Stream;
     const FULL: usize = 8 * 1024 * 1024;
     let pki = Pki::new();
@@ -541,14 +567,8 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
     let cflags = child::client_flags(&pki);
     let local = start_client(&url, &strs(&cflags), &shutdown).await;
     let data = random_bytes(256 << 20, 3);
-    let started = std::time::Instant::now();
     let back = round_trip(local, &data).await.unwrap();
-    let took = started.elapsed();
     assert_eq!(String::from_utf8_lossy(&back), sha256(&data));
-    eprintln!(
-        "256 MiB through one tunnel in {took:?}: {:.0} MB/s",
-        data.len() as f64 / took.as_secs_f64() / 1e6
-    );
 
     let sock = TcpStream::connect(server.addr).await.unwrap();
     // h2 shows at most the send buffer as capacity: make room for a window.
@@ -589,8 +609,9 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
     tls.write_all(b"x").await.unwrap();
     let mut client = client.ready().await.unwrap();
     let req = http::Request::post("http://localhost/").body(()).unwrap();
-    let (response, mut beside) = client.send_request(req, false).unwrap();
-    beside.reserve_capacity(FULL);
+    let (_response, mut beside) = client.send_request(req, false).unwrap();
+    // More than a window asked for: the capacity shows the window itself.
+    beside.reserve_capacity(2 * FULL);
     tokio::time::timeout(LIMIT, async {
         while beside.capacity() < FULL {
             let got = std::future::poll_fn(|cx| beside.poll_capacity(cx)).await;
@@ -600,16 +621,13 @@ async fn a_legitimate_tunnel_earns_full_windows_and_full_speed() {
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("the window stayed at {} bytes", beside.capacity()));
-    if beside.capacity() < FULL {
-        let answer = tokio::time::timeout(Duration::from_secs(5), response).await;
+    .unwrap_or_else(|_| {
         panic!(
-            "a stream beside an authenticated tunnel got {} bytes of window; its response: {answer:?}",
+            "a stream beside an authenticated tunnel got {} bytes of window",
             beside.capacity()
-        );
-    }
+        )
+    });
+    assert_eq!(beside.capacity(), FULL, "exactly one stream window");
     drop((tls, beside));
-    shutdown.cancel();
-
     shutdown.cancel();
 }

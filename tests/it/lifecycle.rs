@@ -13,22 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Polls `check` every 20 ms until it holds, for at most [`LIMIT`].
-async fn poll<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 /// Starts a client for `url` and keeps a handle on its connection pool.
 async fn client_with_pool(
     pki: &Pki,
@@ -287,16 +271,33 @@ async fn interactive_session_outlives_many_front_end_request_timeouts() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let (server, mut reports) = server(&pki, backend.addr, &shutdown).await;
-    let caddy = caddy_with_request_timeout(&pki, server, "2s").await;
+    let mut flags = server_flags(&pki);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    flags.extend(["--backend".into(), backend.addr.to_string()]);
+    let mut server = Server::start(&strs(&flags), &shutdown).await;
+    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let caddy = caddy_with_request_timeout(&pki, server.addr, "2s").await;
     let (client, _) = client_with_pool(&pki, &caddy.url(), &[], &shutdown).await;
     let mut sock = TcpStream::connect(client).await.expect("connect client");
     sock.set_nodelay(true).expect("nodelay");
-    // Keystrokes for four times the request limit: each numbered line must
-    // come back whole, once, in order, however many requests carry it.
-    let started = tokio::time::Instant::now();
+    // Keystrokes until the session has moved past three request timeouts:
+    // each numbered line must come back whole, once, in order, however many
+    // requests carry it. (The limit only stops a session that never moves.)
+    let resumes = || async move {
+        sample(
+            &scrape(metrics).await,
+            "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
     let mut lines = 0u32;
-    while started.elapsed() < Duration::from_secs(8) {
+    while resumes().await < 3.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lines} lines and the session moved {} times",
+            resumes().await
+        );
         let line = format!("line {lines:05} {}\n", "x".repeat(lines as usize % 61));
         sock.write_all(line.as_bytes()).await.expect("write");
         let mut back = vec![0u8; line.len()];
@@ -309,11 +310,11 @@ async fn interactive_session_outlives_many_front_end_request_timeouts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     finish(sock).await;
-    let report = next_report(&mut reports).await;
+    let report = server.report().await;
     assert_eq!(report.outcome, Ok(()), "{}", caddy.log());
     assert!(
         report.resumes >= 3,
-        "{lines} lines over 8 s of 2 s requests took {} resumes",
+        "{lines} lines took {} resumes",
         report.resumes
     );
     assert_eq!(backend.accepts(), 1, "the backend saw one connection");

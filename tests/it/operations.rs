@@ -4,128 +4,13 @@
 //! (log format, signals, exit status) is what is tested.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
 use crate::harness::caddy::free_port;
+use crate::harness::child::{json_lines, Launch, Proc};
 use crate::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-
-/// `postern SUB ARGS…` as a child process. Its stderr is a pipe (as under
-/// a supervisor or Cloud Run), copied into a file the test reads.
-struct Postern {
-    child: Child,
-    log: PathBuf,
-    copier: Option<tokio::task::JoinHandle<()>>,
-    _dir: TempDir,
-}
-
-impl Postern {
-    fn spawn(sub: &str, args: &[String], env: &[(&str, &str)]) -> Postern {
-        let dir = TempDir::new("operations");
-        let log = dir.path("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postern"));
-        cmd.arg(sub)
-            .args(args)
-            .env_remove("K_SERVICE")
-            .env_remove("GOOGLE_CLOUD_PROJECT")
-            .env_remove("POSTERN_LOG_FORMAT")
-            .env("POSTERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn postern");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let path = log.clone();
-        let copier = tokio::spawn(async move {
-            let mut file = tokio::fs::File::create(&path).await.expect("log file");
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut buf).await {
-                // Flushed at once: tests read the file while the child runs.
-                if file.write_all(&buf[..n]).await.is_err() || file.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
-        Postern {
-            child,
-            log,
-            copier: Some(copier),
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Only complete lines: the copier may be in the middle of one.
-    fn lines(&self) -> Vec<String> {
-        let log = self.log();
-        let complete = log.rfind('\n').map_or("", |end| &log[..end]);
-        complete.lines().map(str::to_owned).collect()
-    }
-
-    /// The log's lines, each parsed as JSON (panics on one that is not).
-    fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.lines()
-            .iter()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
-            })
-            .collect()
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("pid").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-    }
-
-    /// Waits for the exit, then for the last of its stderr.
-    async fn exit(&mut self) -> std::process::ExitStatus {
-        let status = match tokio::time::timeout(LIMIT, self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
-            Err(_) => panic!("postern did not exit:\n{}", self.log()),
-        };
-        if let Some(copier) = self.copier.take() {
-            let _ = tokio::time::timeout(LIMIT, copier).await;
-        }
-        status
-    }
-}
-
-/// Polls `check` every 20 ms until it holds, for at most [`LIMIT`].
-async fn poll<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
-async fn wait_listening(port: u16, who: &Postern) {
-    let up = poll(|| async { TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
-    assert!(up, "never listened on {port}:\n{}", who.log());
-}
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -176,12 +61,12 @@ async fn json_logs_carry_severity_message_and_the_tunnels_trace() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let port = free_port().await;
-    let mut server = Postern::spawn(
-        "server",
-        &server_args(&pki, port, backend.addr),
-        &[("K_SERVICE", "svc"), ("GOOGLE_CLOUD_PROJECT", "test-proj")],
-    );
-    wait_listening(port, &server).await;
+    let server = Launch::new("server", &strs(&server_args(&pki, port, backend.addr)))
+        .own_log_format()
+        .env("K_SERVICE", "svc")
+        .env("GOOGLE_CLOUD_PROJECT", "test-proj")
+        .start_on(port)
+        .await;
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
     let trace_header = format!("X-Cloud-Trace-Context: {TRACE}/123;o=1");
@@ -205,11 +90,16 @@ async fn json_logs_carry_severity_message_and_the_tunnels_trace() {
         let n = ended(&server.json_lines());
         async move { n >= 2 }
     });
-    assert!(both.await, "two tunnel lines never came:\n{}", server.log());
+    assert!(
+        both.await,
+        "two tunnel lines never came:\n{}",
+        server.log_text()
+    );
     server.sigterm();
-    assert!(server.exit().await.success());
+    let (status, log) = server.exit(LIMIT).await;
+    assert!(status.success(), "{log}");
 
-    let lines = server.json_lines();
+    let lines = json_lines(&log);
     assert!(!lines.is_empty());
     for line in &lines {
         let severity = line["severity"].as_str().unwrap_or_default();
@@ -256,10 +146,8 @@ async fn traceparent_without_a_project_logs_the_bare_trace_id() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let port = free_port().await;
-    let mut args = s(&["--log-format", "json"]);
-    args.extend(server_args(&pki, port, backend.addr));
-    let mut server = Postern::spawn("server", &args, &[]);
-    wait_listening(port, &server).await;
+    let args = server_args(&pki, port, backend.addr);
+    let server = Launch::new("server", &strs(&args)).start_on(port).await;
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
     let header = format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01");
@@ -274,10 +162,11 @@ async fn traceparent_without_a_project_logs_the_bare_trace_id() {
             .any(|l| l["message"] == "tunnel ended");
         async move { hit }
     });
-    assert!(found.await, "no tunnel line:\n{}", server.log());
+    assert!(found.await, "no tunnel line:\n{}", server.log_text());
     server.sigterm();
-    assert!(server.exit().await.success());
-    let lines = server.json_lines();
+    let (status, log) = server.exit(LIMIT).await;
+    assert!(status.success(), "{log}");
+    let lines = json_lines(&log);
     let line = lines
         .iter()
         .find(|l| l["message"] == "tunnel ended")
@@ -292,21 +181,24 @@ async fn human_logs_to_a_pipe_have_no_escape_codes() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let port = free_port().await;
-    let mut server = Postern::spawn("server", &server_args(&pki, port, backend.addr), &[]);
-    wait_listening(port, &server).await;
+    let args = server_args(&pki, port, backend.addr);
+    let server = Launch::new("server", &strs(&args))
+        .own_log_format()
+        .start_on(port)
+        .await;
     let shutdown = CancellationToken::new();
     let url = format!("http://127.0.0.1:{port}/");
     // A refused tunnel: a WARN line with fields, the most decorated kind.
     let plain = start_client(&url, &["--no-inner-tls"], &shutdown).await;
     let _ = round_trip(plain, b"refused").await;
     let warned = poll(|| {
-        let hit = server.log().contains("tunnel ended");
+        let hit = server.log_text().contains("tunnel ended");
         async move { hit }
     });
-    assert!(warned.await, "no tunnel line:\n{}", server.log());
+    assert!(warned.await, "no tunnel line:\n{}", server.log_text());
     server.sigterm();
-    assert!(server.exit().await.success());
-    let log = server.log();
+    let (status, log) = server.exit(LIMIT).await;
+    assert!(status.success(), "{log}");
     assert!(
         log.contains("WARN") && log.contains("server listening"),
         "{log}"
@@ -320,15 +212,15 @@ async fn client_process(
     pki: &Pki,
     extra: &[&str],
     shutdown: &CancellationToken,
-) -> (Postern, u16, TestBackend) {
+) -> (Proc, u16, TestBackend) {
     let backend = TestBackend::start(Backend::Echo).await;
     let flags = server_flags(pki);
     let flags = strs(&flags);
     let (server, _reports) = start_server(backend.addr, &flags, shutdown).await;
     let url = format!("http://127.0.0.1:{}/", server.port());
     let port = free_port().await;
-    let client = Postern::spawn("client", &client_args(pki, port, &url, extra), &[]);
-    wait_listening(port, &client).await;
+    let args = client_args(pki, port, &url, extra);
+    let client = Launch::new("client", &strs(&args)).start_on(port).await;
     (client, port, backend)
 }
 
@@ -350,9 +242,9 @@ async fn client_sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
         "a new local connection was accepted while draining"
     );
     assert!(
-        client.child.try_wait().expect("try_wait").is_none(),
+        !client.exited(),
         "the client exited with a tunnel still open:\n{}",
-        client.log()
+        client.log_text()
     );
     open.shutdown().await.expect("half-close");
     let mut rest = Vec::new();
@@ -361,8 +253,8 @@ async fn client_sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
         .expect("tunnel did not end")
         .expect("orderly end");
     assert!(rest.is_empty());
-    let status = client.exit().await;
-    assert!(status.success(), "exit {status}:\n{}", client.log());
+    let (status, log) = client.exit(LIMIT).await;
+    assert!(status.success(), "exit {status}:\n{log}");
     assert_eq!(
         backend.accepts(),
         accepted,
@@ -377,7 +269,7 @@ async fn client_sigterm_drains_open_tunnels_refuses_new_ones_and_exits_zero() {
 async fn client_tunnel_outliving_the_drain_is_closed_and_the_exit_is_zero() {
     let pki = Pki::new();
     let shutdown = CancellationToken::new();
-    let (mut client, port, _backend) =
+    let (client, port, _backend) =
         client_process(&pki, &["--drain-timeout", "500ms"], &shutdown).await;
     let mut stuck = open_echo(local(port), 3).await;
     client.sigterm();
@@ -386,8 +278,7 @@ async fn client_tunnel_outliving_the_drain_is_closed_and_the_exit_is_zero() {
         .await
         .expect("the stuck tunnel was never closed");
     assert!(matches!(r, Ok(0) | Err(_)), "expected a close, got {r:?}");
-    let status = client.exit().await;
-    let log = client.log();
+    let (status, log) = client.exit(LIMIT).await;
     assert!(status.success(), "exit {status}:\n{log}");
     assert!(
         log.contains("drain timeout"),
@@ -708,15 +599,12 @@ async fn impersonation_calls_generate_id_token_with_the_callers_access_token() {
     let port = free_port().await;
     let target = "backend-invoker@proj.iam.gserviceaccount.com";
     let source = format!("impersonate={target}");
-    let client = Postern::spawn(
-        "client",
-        &client_args(&pki, port, &url, &["--id-token", &source]),
-        &[
-            ("GOOGLE_APPLICATION_CREDENTIALS", google.key_file.as_str()),
-            ("POSTERN_IAM_CREDENTIALS_URL", google.url.as_str()),
-        ],
-    );
-    wait_listening(port, &client).await;
+    let args = client_args(&pki, port, &url, &["--id-token", &source]);
+    let client = Launch::new("client", &strs(&args))
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &google.key_file)
+        .env("POSTERN_IAM_CREDENTIALS_URL", &google.url)
+        .start_on(port)
+        .await;
     for i in 0..3u8 {
         let data = [i; 64];
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -737,7 +625,7 @@ async fn impersonation_calls_generate_id_token_with_the_callers_access_token() {
     assert_eq!(seen[1].authorization.as_deref(), Some("Bearer access-1"));
     let audience = format!("http://127.0.0.1:{}", server.port());
     assert_eq!(seen[1].claims["audience"], audience.as_str());
-    let log = client.log();
+    let log = client.log_text();
     assert!(
         !log.contains("access-1") && !log.contains("eyJ"),
         "a token in the log:\n{log}"

@@ -8,7 +8,7 @@ use crate::harness::*;
 
 fn openssl(dir: &TempDir, args: &[&str]) {
     let out = Command::new("openssl")
-        .current_dir(&dir.0)
+        .current_dir(dir.root())
         .args(args)
         .output()
         .expect("openssl runs");
@@ -187,7 +187,7 @@ async fn openssl_made_keys_and_certificates_carry_a_tunnel() {
         pem::load_identity(&dir.path(cert), &dir.path(key))
             .unwrap_or_else(|e| panic!("{cert}: {e}"));
     }
-    let (got, report) = banner_with_files(&dir.0).await;
+    let (got, report) = banner_with_files(dir.root()).await;
     assert_eq!(got, server::backend::BANNER.as_bytes());
     assert_eq!(
         report.identity.unwrap().uris,

@@ -318,10 +318,23 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
     let client = start_client(&front.url(), &strs(&cflags), &shutdown).await;
     let mut sock = TcpStream::connect(client).await.expect("connect client");
     sock.set_nodelay(true).expect("nodelay");
-    // Echoes of up to 48 KiB for five request ages: every one back intact.
-    let started = tokio::time::Instant::now();
+    // Echoes of up to 48 KiB until the session has moved three times: every
+    // one back intact. (The limit only stops a session that never moves.)
+    let resumes = || async move {
+        sample(
+            &scrape(metrics).await,
+            "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
     let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(5) {
+    while resumes().await < 3.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} echoes and the session moved {} times",
+            resumes().await
+        );
         let data = random_bytes(1 + (n as usize * 7919) % (48 * 1024), n);
         sock.write_all(&data).await.expect("write");
         let mut back = vec![0u8; data.len()];
@@ -428,18 +441,19 @@ async fn a_server_that_stops_offering_sessions_gets_plain_tunnels_again() {
     // That optimistic start meets a server without sessions: its inner
     // handshake fails on the first frame, before any backend, and the
     // client asks again the plain way. The application sees nothing of it.
-    let mut back = None;
-    for _ in 0..50 {
+    // Tunnels fail until the client's dial backoff after the kill ends.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let back = loop {
         match round_trip(client, &data).await {
-            Ok(b) => {
-                back = Some(b);
-                break;
+            Ok(b) => break b,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("before the plain server is reached: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // The client's dial backoff after the kill.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("no tunnel to the plain server: {e}"),
         }
-    }
-    assert_eq!(back.expect("a tunnel to the plain server"), data);
+    };
+    assert_eq!(back, data);
     let again = round_trip(client, &data).await.expect("and the next");
     assert_eq!(again, data);
     shutdown.cancel();

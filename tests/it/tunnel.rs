@@ -257,15 +257,13 @@ async fn unreachable_front_end_closes_every_local_connection_promptly() {
     for _ in 0..20 {
         tasks.spawn(async move { read_all(client).await });
     }
-    let mut closed = 0;
+    // Each ends closed by the client, without a byte: EOF or a reset.
     while let Some(r) = tasks.join_next().await {
         match r.unwrap() {
-            Ok(bytes) => assert!(bytes.is_empty()),
-            Err(e) => assert!(!e.to_string().contains("hanging"), "{e}"),
+            Ok(bytes) => assert!(bytes.is_empty(), "{bytes:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
-        closed += 1;
     }
-    assert_eq!(closed, 20);
     shutdown.cancel();
 }
 

@@ -10,7 +10,7 @@ use http::HeaderValue;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::fetch::fetch;
+use super::fetch::{fetch, Cached};
 use super::{
     TokenError, TokenSource, DEFAULT_FETCH_TIMEOUT, ERROR_HOLDOFF, MIN_VALIDITY, RETRY_INTERVAL,
 };
@@ -39,15 +39,6 @@ struct State {
     /// Set when asking the source again would not help yet (see [`RETRY_INTERVAL`]).
     retry_after: Option<Instant>,
     last_error: Option<(Instant, TokenError)>,
-}
-
-pub(super) struct Cached {
-    /// `Bearer <token>`, marked sensitive. The token is kept only in here.
-    pub(super) value: HeaderValue,
-    /// From here on a call fetches a new token; `None`: never.
-    pub(super) refresh_at: Option<Instant>,
-    /// After this the token is not handed out any more; `None`: never.
-    pub(super) expires_at: Option<Instant>,
 }
 
 impl Cached {
@@ -134,13 +125,15 @@ impl IdTokens {
         }
 
         shared.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetched = match tokio::time::timeout(self.timeout, fetch(shared)).await {
-            Ok(result) => result,
-            Err(_) => Err(TokenError::Timeout {
-                from: shared.source.kind(),
-                after: self.timeout,
-            }),
-        };
+        let fetched =
+            match tokio::time::timeout(self.timeout, fetch(&shared.source, &shared.audience)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(TokenError::Timeout {
+                    from: shared.source.kind(),
+                    after: self.timeout,
+                }),
+            };
         let now = Instant::now();
         match fetched {
             Ok(new) => {

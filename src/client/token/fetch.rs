@@ -8,7 +8,6 @@ use base64::Engine as _;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::cache::{Cached, Shared};
 use super::command::run_command;
 use super::error::malformed;
 use super::google::{id_token_from_key, impersonate};
@@ -17,12 +16,22 @@ use super::{
     TokenError, TokenSource, MAX_LIFETIME, OPAQUE_LIFETIME, REFRESH_MARGIN, UNKNOWN_EXP_LIFETIME,
 };
 
+/// A fetched token and when to fetch again.
+pub(super) struct Cached {
+    /// `Bearer <token>`, marked sensitive. The token is kept only in here.
+    pub(super) value: HeaderValue,
+    /// From here on a call fetches a new token; `None`: never.
+    pub(super) refresh_at: Option<Instant>,
+    /// After this the token is not handed out any more; `None`: never.
+    pub(super) expires_at: Option<Instant>,
+}
+
 /// Gets a token from the source and works out how long to keep it.
-pub(super) async fn fetch(shared: &Shared) -> Result<Cached, TokenError> {
-    let kind = shared.source.kind();
-    let (token, need_jwt) = match &shared.source {
-        TokenSource::Metadata { host } => (fetch_metadata(host, &shared.audience).await?, true),
-        TokenSource::Command(cmd) => (run_command(cmd, &shared.audience).await?, false),
+pub(super) async fn fetch(source: &TokenSource, audience: &str) -> Result<Cached, TokenError> {
+    let kind = source.kind();
+    let (token, need_jwt) = match source {
+        TokenSource::Metadata { host } => (fetch_metadata(host, audience).await?, true),
+        TokenSource::Command(cmd) => (run_command(cmd, audience).await?, false),
         TokenSource::File(path) => {
             let text = tokio::fs::read_to_string(path)
                 .await
@@ -33,15 +42,12 @@ pub(super) async fn fetch(shared: &Shared) -> Result<Cached, TokenError> {
             (text, false)
         }
         TokenSource::Static(token) => (token.clone(), false),
-        TokenSource::ServiceAccount(sa) => (id_token_from_key(sa, &shared.audience).await?, true),
+        TokenSource::ServiceAccount(sa) => (id_token_from_key(sa, audience).await?, true),
         TokenSource::Impersonate {
             target,
             caller,
             iam,
-        } => (
-            impersonate(caller, target, iam, &shared.audience).await?,
-            true,
-        ),
+        } => (impersonate(caller, target, iam, audience).await?, true),
     };
     let token = token.trim();
     if token.is_empty() {
@@ -63,7 +69,7 @@ pub(super) async fn fetch(shared: &Shared) -> Result<Cached, TokenError> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let left = i64::try_from(unix_now).map_or(0, |now| exp.saturating_sub(now));
-            if left <= 0 && !matches!(shared.source, TokenSource::Static(_)) {
+            if left <= 0 && !matches!(source, TokenSource::Static(_)) {
                 return Err(malformed(
                     kind,
                     &format!("it expired {} s ago (is the system clock right?)", -left),
@@ -79,7 +85,7 @@ pub(super) async fn fetch(shared: &Shared) -> Result<Cached, TokenError> {
         "fetched an ID token"
     );
 
-    if let TokenSource::Static(_) = shared.source {
+    if let TokenSource::Static(_) = source {
         if remaining == Some(Duration::ZERO) {
             tracing::warn!("the static ID token has expired; requests will be refused");
         }

@@ -61,6 +61,17 @@ impl SessionHandle {
     /// from the plain tunnel's `200`. Until then a cut ends the session.
     pub fn set_key(&self, key: ResumeKey) {
         self.shared.lock().key = Some(key);
+        self.authenticated();
+    }
+
+    /// The peer is authenticated (the inner handshake is done, keyed or
+    /// not): the carrier is read up to the window from here on.
+    pub fn authenticated(&self) {
+        let lifted = self.shared.lock().preauth_read.take().is_some();
+        if lifted {
+            // Reads stopped at the cap wait for nothing else to start again.
+            self.shared.wake_all();
+        }
     }
 
     /// Attached, detached or ended; `changed()` wakes on each transition.

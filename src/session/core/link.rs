@@ -16,7 +16,7 @@ use crate::session::carrier::Carrier;
 use crate::session::frame::{self, Frame, FrameCodec, CLOSE_DONE, MAX_DATA, MAX_FRAME};
 use crate::session::out::Out;
 use crate::session::replay::Replay;
-use crate::session::Config;
+use crate::session::{Config, PREAUTH_READ};
 use crate::transport::stream;
 
 /// Frames staged for the carrier at most (then writes wait for it).
@@ -121,12 +121,17 @@ impl State {
                     Err(e) => return Err(Cut::Protocol(e.to_string())),
                 }
             }
+            if self.preauth_read.is_some_and(|n| n >= PREAUTH_READ) {
+                // Left in the HTTP/2 stream, within its window, until the
+                // peer is authenticated (`SessionHandle::authenticated`).
+                return Ok(());
+            }
             if link.rbuf.capacity() - link.rbuf.len() < MAX_DATA {
                 // Decoded payloads still share the buffer, so growing it
                 // allocates anew and copies the partial frame it holds: a
                 // session that has received more than a frame gets room for
                 // several at a time, so that copy is rare.
-                let room = if self.received >= MAX_DATA as u64 {
+                let room = if self.received >= MAX_DATA as u64 && self.preauth_read.is_none() {
                     RBUF_BLOCK
                 } else {
                     MAX_FRAME
@@ -142,6 +147,9 @@ impl State {
                 Poll::Ready(Ok((n, frame))) => {
                     link.read_idle = false;
                     taken += n;
+                    if let Some(read) = &mut self.preauth_read {
+                        *read += n;
+                    }
                     if let Some(frame) = frame {
                         self.stats.uncopied += 1;
                         self.apply(frame, config)?;
@@ -321,4 +329,4 @@ pub(super) fn linger(link: Link, lingering: &tokio_util::task::TaskTracker) {
 }
 
 /// How long an ended carrier waits for the peer's end of it.
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) use crate::session::carried::LINGER;

@@ -108,7 +108,7 @@ impl Caddy {
         let mut cmd = Command::new("caddy");
         cmd.args(["run", "--config", &config, "--adapter", "caddyfile"])
             // Keep Caddy away from the real home directory.
-            .env("HOME", &dir.0)
+            .env("HOME", dir.root())
             .env("XDG_DATA_HOME", dir.path("data"))
             .env("XDG_CONFIG_HOME", dir.path("config"))
             .envs(opts.env.iter().cloned());

@@ -14,6 +14,7 @@ use super::{server_flags, strs, Pki, LIMIT};
 /// A running `postern` subcommand; killed on drop.
 pub struct Proc {
     pub child: Child,
+    sub: String,
     /// The address it logged as listening on.
     pub addr: SocketAddr,
     /// The last log lines (JSON), for failure messages.
@@ -24,35 +25,102 @@ pub struct Proc {
 
 const KEEP_LINES: usize = 2000;
 
-impl Proc {
-    /// Starts `postern <sub> <args…>` with JSON logs and waits for the line
-    /// carrying `addr_field` (the listening address).
-    pub fn start(sub: &str, args: &[&str], addr_field: &str) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-            .arg("--log-format")
-            .arg("json")
-            .arg(sub)
-            .args(args)
+/// How to start a `postern` subcommand: the one way the tests start the
+/// binary. Its environment is cleared of what would change its logging
+/// (Cloud Run's variables, `POSTERN_LOG_FORMAT`) unless set here.
+pub struct Launch {
+    sub: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    json: bool,
+}
+
+impl Launch {
+    /// `postern --log-format json <sub> <args…>`.
+    pub fn new(sub: &str, args: &[&str]) -> Launch {
+        Launch {
+            sub: sub.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            json: true,
+        }
+    }
+
+    /// Sets an environment variable of the child.
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Leaves the log format to the binary (its default, or the flags and
+    /// environment given).
+    pub fn own_log_format(mut self) -> Launch {
+        self.json = false;
+        self
+    }
+
+    /// Starts it and waits for the (JSON) log line carrying `addr_field`,
+    /// the listening address.
+    pub fn start(self, addr_field: &str) -> Proc {
+        let (mut proc, rx) = self.spawn(Some(addr_field.to_owned()));
+        match rx.recv_timeout(LIMIT) {
+            Ok(a) => proc.addr = a,
+            Err(_) => panic!(
+                "postern {} did not report its address; log:\n{}",
+                proc.sub,
+                proc.log_text()
+            ),
+        }
+        proc
+    }
+
+    /// Starts it and waits until it accepts connections on `port` of
+    /// 127.0.0.1 (for logs that are not JSON, or give no address).
+    pub async fn start_on(self, port: u16) -> Proc {
+        let (mut proc, _) = self.spawn(None);
+        proc.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = proc.addr;
+        let up = super::poll(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() });
+        assert!(
+            up.await,
+            "postern {} never listened on {port}:\n{}",
+            proc.sub,
+            proc.log_text()
+        );
+        proc
+    }
+
+    fn spawn(self, addr_field: Option<String>) -> (Proc, mpsc::Receiver<SocketAddr>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postern"));
+        if self.json {
+            cmd.args(["--log-format", "json"]);
+        }
+        cmd.arg(&self.sub)
+            .args(&self.args)
+            .env_remove("K_SERVICE")
+            .env_remove("GOOGLE_CLOUD_PROJECT")
+            .env_remove("POSTERN_LOG_FORMAT")
             .env("POSTERN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn postern");
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn postern");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = mpsc::channel();
         let keep = log.clone();
-        let field = addr_field.to_owned();
         // Keep draining stderr for the child's whole life: a full pipe would
         // block its logging and so the server itself.
         let reader = std::thread::spawn(move || {
-            let mut tx = Some(tx);
+            let mut tx = addr_field.map(|field| (tx, field));
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(sender) = &tx {
+                if let Some((sender, field)) = &tx {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if let Some(a) = v.get(&field).and_then(|a| a.as_str()) {
+                        if let Some(a) = v.get(field).and_then(|a| a.as_str()) {
                             let _ = sender.send(a.parse::<SocketAddr>().expect("logged address"));
                             tx = None;
                         }
@@ -65,23 +133,22 @@ impl Proc {
                 k.push_back(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let lines: Vec<String> = log.lock().unwrap().iter().cloned().collect();
-                panic!(
-                    "postern {sub} did not report its address; log:\n{}",
-                    lines.join("\n")
-                );
-            }
-        };
-        Proc {
+        let proc = Proc {
             child,
-            addr,
+            sub: self.sub,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             reader: Some(reader),
-        }
+        };
+        (proc, rx)
+    }
+}
+
+impl Proc {
+    /// Starts `postern <sub> <args…>` with JSON logs and waits for the line
+    /// carrying `addr_field` (the listening address).
+    pub fn start(sub: &str, args: &[&str], addr_field: &str) -> Proc {
+        Launch::new(sub, args).start(addr_field)
     }
 
     pub fn pid(&self) -> u32 {
@@ -92,6 +159,11 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("wait postern").is_some()
     }
 
     /// SIGTERM: the graceful stop.
@@ -129,6 +201,11 @@ impl Proc {
         lines.join("\n")
     }
 
+    /// Every kept log line, each parsed as JSON (panics on one that is not).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.log_text())
+    }
+
     /// `VmRSS` in KiB.
     pub fn rss_kib(&self) -> u64 {
         status_kib(self.pid(), "VmRSS:")
@@ -150,14 +227,8 @@ impl Proc {
     /// [`LIMIT`], empty): a line may be logged just after the effect a test
     /// saw, and the log is read on another thread.
     pub async fn wait_log_lines(&self, needle: &str) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            let lines = self.log_lines(needle);
-            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::poll(|| async { !self.log_lines(needle).is_empty() }).await;
+        self.log_lines(needle)
     }
 
     /// Log lines containing `needle`.
@@ -176,6 +247,13 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Each line of `log`, parsed as JSON (panics on one that is not).
+pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {

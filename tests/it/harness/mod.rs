@@ -32,35 +32,32 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound for any single test step: only there to turn a hang into a failure.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A scratch directory (a [`tempfile::TempDir`], removed on drop) with
+/// the two things the tests do in one: name a file in it, write one.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "postern-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("postern-test-{tag}-"))
+            .tempdir()
+            .expect("temp dir");
         TempDir(dir)
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        self.0.path()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
 
     pub fn write(&self, name: &str, contents: &str) -> String {
         let p = self.path(name);
         std::fs::write(&p, contents).expect("write fixture");
         p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -291,4 +288,44 @@ pub fn sha256(data: &[u8]) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Polls `check` every 20 ms until it holds, for at most [`LIMIT`]; false
+/// if it never did.
+pub async fn poll<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The kernel's send and receive queue lengths (bytes written and not yet
+/// acknowledged, bytes received and not yet read) of the established IPv4
+/// connection with local port `local` (and remote port `remote`, if
+/// given), from /proc/net/tcp.
+pub fn tcp_queues(local: u16, remote: Option<u16>) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if port(f.get(1)?)? != local || *f.get(3)? != "01" {
+            return None;
+        }
+        if remote.is_some_and(|r| port(f[2]) != Some(r)) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }

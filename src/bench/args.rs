@@ -1,9 +1,9 @@
-//! `postern bench`'s flags (the benchmark itself is [`crate::bench`]).
+//! `postern bench`'s flags (the benchmark itself is [`super::run`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::bench::Scenario;
+use super::Scenario;
 use crate::duration::parse_interval;
 
 /// `postern bench`: throughput, latency (idle and beside a bulk tunnel), set-up time, tunnel rate, memory and fairness.
