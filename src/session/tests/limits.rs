@@ -355,6 +355,10 @@ async fn a_full_budget_holds_a_stalled_session_back_and_a_neighbour_still_moves(
     let open = |registry: &Registry| {
         let (c, s) = relay(usize::MAX);
         let server = registry.open(s);
+        // As a server does once the inner handshake is done: past the
+        // pre-authentication read limit, what holds the session back is
+        // the budget under test.
+        server.handle().authenticated();
         let id = server.handle().id().expect("server sessions have an id");
         let client = Session::new(config.clone(), c, Some(id));
         for handle in [server.handle(), client.handle()] {
