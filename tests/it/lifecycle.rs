@@ -271,11 +271,7 @@ async fn interactive_session_outlives_many_front_end_request_timeouts() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let mut flags = server_flags(&pki);
-    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    flags.extend(["--backend".into(), backend.addr.to_string()]);
-    let mut server = Server::start(&strs(&flags), &shutdown).await;
-    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let (mut server, metrics) = Server::with_metrics(&pki, backend.addr, &shutdown).await;
     let caddy = caddy_with_request_timeout(&pki, server.addr, "2s").await;
     let (client, _) = client_with_pool(&pki, &caddy.url(), &[], &shutdown).await;
     let mut sock = TcpStream::connect(client).await.expect("connect client");

@@ -307,11 +307,7 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let mut flags = server_flags(&pki);
-    flags.extend(["--backend".into(), backend.addr.to_string()]);
-    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let mut server = Server::start(&strs(&flags), &shutdown).await;
-    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let (mut server, metrics) = Server::with_metrics(&pki, backend.addr, &shutdown).await;
     let front = Caddy::start(&pki, server.addr).await;
     let ca = pki.p("ca.pem");
     let cflags = client_flags(&pki, &["--tls-ca", &ca, "--max-request-age", "1s"]);

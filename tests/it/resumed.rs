@@ -126,14 +126,14 @@ async fn relay(
             if std::mem::take(&mut first) {
                 tokio::time::sleep(SETTINGS_DELAY).await;
             }
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                let payload = &buf[9..9 + len];
+            while let Some(rawh2::Frame {
+                kind,
+                flags,
+                stream,
+                payload,
+            }) = rawh2::Frame::first(&buf)
+            {
+                let len = payload.len();
                 {
                     let mut c = conns.lock().unwrap();
                     let side = &mut c[index];

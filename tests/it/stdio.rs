@@ -170,11 +170,7 @@ async fn stdio_sessions_leave_nothing_detached_on_the_server() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let mut flags = server_flags(&pki);
-    flags.extend(["--backend".into(), backend.addr.to_string()]);
-    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let mut server = Server::start(&strs(&flags), &shutdown).await;
-    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let (mut server, metrics) = Server::with_metrics(&pki, backend.addr, &shutdown).await;
     let url = server.url("/");
     const SESSIONS: u64 = 20;
     let mut failed = Vec::new();
@@ -301,11 +297,7 @@ async fn ssh_over_a_stdio_proxy_command_leaves_nothing_detached() {
     let dir = TempDir::new("sshd");
     let (sshd, user_key) = sshd_backend(&dir).await;
     let shutdown = CancellationToken::new();
-    let mut flags = server_flags(&pki);
-    flags.extend(["--backend".into(), sshd.to_string()]);
-    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let mut server = Server::start(&strs(&flags), &shutdown).await;
-    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let (mut server, metrics) = Server::with_metrics(&pki, sshd, &shutdown).await;
     let proxy = format!(
         "ProxyCommand={} client --stdio --url {} {}",
         env!("CARGO_BIN_EXE_postern"),
@@ -391,11 +383,7 @@ async fn stdio_drains_on_sigint_and_sigterm() {
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let shutdown = CancellationToken::new();
-    let mut flags = server_flags(&pki);
-    flags.extend(["--backend".into(), backend.addr.to_string()]);
-    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let mut server = Server::start(&strs(&flags), &shutdown).await;
-    let metrics = server.config.metrics_addr.expect("metrics listener");
+    let (mut server, metrics) = Server::with_metrics(&pki, backend.addr, &shutdown).await;
     let url = server.url("/");
     for signal in ["INT", "TERM"] {
         let mut client = StdioClient::start(&pki, &url, &[], None);

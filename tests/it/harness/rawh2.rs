@@ -113,6 +113,30 @@ pub struct Seen {
     pub ended: std::collections::HashSet<u32>,
 }
 
+/// One whole frame at the start of a buffer of frames as they arrive.
+pub struct Frame<'a> {
+    pub kind: u8,
+    pub flags: u8,
+    /// The stream id, reserved bit cleared.
+    pub stream: u32,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// The frame `buf` starts with, once all of it is in (its length on
+    /// the wire is `9 + payload.len()`).
+    pub fn first(buf: &'a [u8]) -> Option<Frame<'a>> {
+        let len = u32::from_be_bytes([0, *buf.first()?, *buf.get(1)?, *buf.get(2)?]) as usize;
+        let payload = buf.get(9..9 + len)?;
+        Some(Frame {
+            kind: buf[3],
+            flags: buf[4],
+            stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+}
+
 /// A raw HTTP/2 connection: writes go straight to the socket; a background
 /// task reads and classifies everything the server sends.
 pub struct RawConn {
@@ -140,14 +164,14 @@ impl RawConn {
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 let mut s = state.lock().unwrap();
-                while buf.len() >= 9 {
-                    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                    if buf.len() < 9 + len {
-                        break;
-                    }
-                    let (kind, flags) = (buf[3], buf[4]);
-                    let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                    let payload = &buf[9..9 + len];
+                while let Some(Frame {
+                    kind,
+                    flags,
+                    stream,
+                    payload,
+                }) = Frame::first(&buf)
+                {
+                    let len = payload.len();
                     *s.frames.entry(kind).or_default() += 1;
                     match kind {
                         GOAWAY if len >= 8 => {

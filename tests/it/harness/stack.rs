@@ -71,6 +71,22 @@ impl Server {
         Self::start_on(bind_local().await, flags, shutdown).await
     }
 
+    /// The usual inner-mTLS server for `pki` in front of `backend`, with a
+    /// metrics listener, for the tests that read the server's counters; the
+    /// second value is the metrics address.
+    pub async fn with_metrics(
+        pki: &Pki,
+        backend: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> (Server, SocketAddr) {
+        let mut flags = server_flags(pki);
+        flags.extend(["--backend".into(), backend.to_string()]);
+        flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+        let server = Server::start(&strs(&flags), shutdown).await;
+        let metrics = server.config.metrics_addr.expect("metrics listener");
+        (server, metrics)
+    }
+
     /// Starts `postern server` with exactly `flags` on `listener`.
     pub async fn start_on(
         listener: TcpListener,
