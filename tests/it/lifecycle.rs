@@ -279,20 +279,13 @@ async fn interactive_session_outlives_many_front_end_request_timeouts() {
     // Keystrokes until the session has moved past three request timeouts:
     // each numbered line must come back whole, once, in order, however many
     // requests carry it. (The limit only stops a session that never moves.)
-    let resumes = || async move {
-        sample(
-            &scrape(metrics).await,
-            "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
-        )
-        .unwrap_or(0.0)
-    };
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut lines = 0u32;
-    while resumes().await < 3.0 {
+    while accepted_resumes(metrics).await < 3.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{lines} lines and the session moved {} times",
-            resumes().await
+            accepted_resumes(metrics).await
         );
         let line = format!("line {lines:05} {}\n", "x".repeat(lines as usize % 61));
         sock.write_all(line.as_bytes()).await.expect("write");

@@ -316,20 +316,13 @@ async fn make_before_break_moves_a_busy_session_before_its_request_ages_out() {
     sock.set_nodelay(true).expect("nodelay");
     // Echoes of up to 48 KiB until the session has moved three times: every
     // one back intact. (The limit only stops a session that never moves.)
-    let resumes = || async move {
-        sample(
-            &scrape(metrics).await,
-            "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
-        )
-        .unwrap_or(0.0)
-    };
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut n = 0u64;
-    while resumes().await < 3.0 {
+    while accepted_resumes(metrics).await < 3.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{n} echoes and the session moved {} times",
-            resumes().await
+            accepted_resumes(metrics).await
         );
         let data = random_bytes(1 + (n as usize * 7919) % (48 * 1024), n);
         sock.write_all(&data).await.expect("write");

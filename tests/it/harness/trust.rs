@@ -134,3 +134,12 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         (k == series).then(|| v.parse().ok()).flatten()
     })
 }
+
+/// Resumes the server behind `metrics` has accepted so far.
+pub async fn accepted_resumes(metrics: SocketAddr) -> f64 {
+    sample(
+        &scrape(metrics).await,
+        "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
+    )
+    .unwrap_or(0.0)
+}
