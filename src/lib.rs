@@ -40,7 +40,7 @@
 //!   replay buffer), `carrier` (what a session runs over), `carried` (how a
 //!   tunnel ends what it runs over, stream or session, on both sides: the
 //!   one `Carried` trait, `LINGER`, `FINISH_LIMIT`), `core` (one
-//!   session over many carriers; `core/handle` its control handle,
+//!   session over many carriers; `core/handle` its control handle, `core/life` how one is made and ended,
 //!   `core/link` one carrier's frames in and out,
 //!   `core/receive` what arriving frames do, `core/retired` a carrier a
 //!   move replaced, read to its end, `core/app` the application's reads
