@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// Parses `90`, `90s`, `500ms`, `5m` or `100us` (also `100µs`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -29,7 +29,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Like [`parse_duration`], but zero is allowed: for intervals where `0`
 /// turns the feature off.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     match s.trim() {
         "0" | "0s" | "0ms" | "0m" | "0us" | "0µs" => Ok(Duration::ZERO),
         _ => parse_duration(s),

@@ -23,8 +23,8 @@
 //!   (flags from an argv, for the demo, bench and tests); the server's and
 //!   the client's and the bench's `Args` live with them (`server/args`,
 //!   `client/args`, `bench/args`).
-//!   [`duration`]: the one duration parser, a leaf every command's flags use.
-//! - [`transport`]: below both TLS layers — `stream` (an HTTP/2 stream as a
+//!   `duration`: the one duration parser, a leaf every command's flags use.
+//! - `transport`: below both TLS layers — `stream` (an HTTP/2 stream as a
 //!   byte stream: flow control, half-close, resets; owned writes and chunk
 //!   reads, so a session's payloads pass uncopied), `settings` (the one
 //!   place for windows, frame and header sizes), `splice` (the
@@ -35,7 +35,7 @@
 //!   stay on one), `busy_poll` (how long a woken worker keeps polling
 //!   before it sleeps, `--busy-poll`), `socket` (options of the outer TCP sockets, and the
 //!   buffer their reads go through).
-//! - [`session`]: the resumable session layer beneath the inner TLS and
+//! - `session`: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
 //!   replay buffer), `carrier` (what a session runs over), `carried` (how a
 //!   tunnel ends what it runs over, stream or session, on both sides: the
@@ -85,10 +85,19 @@
 //!   TCP relays, the floor under the CPU and idle rows), `traffic`,
 //!   `scenarios/` with `beside` and `resume`, `report`).
 //! - [`logging`]: human or Cloud Logging JSON lines, trace headers.
-//! - [`signal`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
-//!   hooks for Postern's own tests, hidden from the docs.
+//! - `signal`: SIGTERM/SIGINT (shutdown) and SIGHUP (reload). `testing`:
+//!   hooks for Postern's own tests and fuzz targets, compiled only with the
+//!   `testing` feature (their dev-dependency on Postern turns it on).
+//!
+//! `transport`, `session`, `duration` and `signal` are the crate's own; the
+//! public surface is the commands and what embeds them (`server`, `client`,
+//! `tls`, `pki`, `authz`, `cmd`, the tools).
 
 #![forbid(unsafe_code)]
+// `unreachable_pub` checks the surface with the test hooks in (the build
+// `cargo clippy --all-targets` checks): an item the tests reach through
+// `testing` is `pub`, everything else the crate's own.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 
 pub mod authz;
 pub mod bench;
@@ -96,13 +105,16 @@ pub mod client;
 pub mod cmd;
 pub mod demo;
 pub mod doctor;
-pub mod duration;
+pub(crate) mod duration;
 pub mod logging;
 pub mod pki;
 pub mod server;
-pub mod session;
-pub mod signal;
+pub(crate) mod session;
+pub(crate) mod signal;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
+
+pub use transport::accept::raise_fd_limit;

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     ) {
         // Every tunnel holds sockets; the default soft limit (often 1024)
         // would cap a process at a few hundred tunnels.
-        postern::transport::accept::raise_fd_limit();
+        postern::raise_fd_limit();
     }
     let stdio = matches!(&cli.command, Command::Client(args) if args.stdio);
     let default_level = match cli.command {

@@ -6,14 +6,14 @@ use tracing::info;
 
 /// A token cancelled on the first SIGINT or SIGTERM (Cloud Run sends SIGTERM
 /// ten seconds before it kills the instance).
-pub fn shutdown_token() -> CancellationToken {
+pub(crate) fn shutdown_token() -> CancellationToken {
     token_on(false)
 }
 
 /// Like [`shutdown_token`], and SIGHUP too: what ssh sends its ProxyCommand
 /// as it exits. Left at its default action, SIGHUP would kill a stdio
 /// client before its session's end reached the server.
-pub fn shutdown_or_hangup_token() -> CancellationToken {
+pub(crate) fn shutdown_or_hangup_token() -> CancellationToken {
     token_on(true)
 }
 
@@ -84,7 +84,7 @@ async fn wait_for_signal(_hangup: bool) -> &'static str {
 
 /// Calls `reload` on every SIGHUP (the conventional "re-read your files").
 #[cfg(unix)]
-pub fn on_hangup(reload: impl Fn() + Send + 'static) {
+pub(crate) fn on_hangup(reload: impl Fn() + Send + 'static) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let Ok(mut hup) = signal(SignalKind::hangup()) else {

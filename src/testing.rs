@@ -11,6 +11,26 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Connector;
 use crate::server::{Config, TunnelReport};
 
+/// The HTTP/2 stream as a byte stream and the settings and workers beneath
+/// it, for tests that drive a tunnel's carrier by hand.
+pub mod transport {
+    /// [`H2Stream`](stream::H2Stream) and its refusals.
+    pub mod stream {
+        pub use crate::transport::stream::{H2Stream, Refused};
+    }
+    /// The size of one turn of the copy loop.
+    pub mod splice {
+        pub use crate::transport::splice::COPY_BUF;
+    }
+    pub use crate::transport::{settings, workers};
+}
+
+/// The session layer, for tests that speak its handshake directly.
+pub mod session {
+    pub use crate::session::handshake::{self, ResumeKey, ResumeRequest, SessionId};
+    pub use crate::session::Session;
+}
+
 /// The strict PROXY v2 decoder that checks what the server writes.
 pub mod proxy_protocol {
     pub use crate::server::proxy_protocol::decode::{decode, DecodeError};

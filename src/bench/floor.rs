@@ -25,7 +25,7 @@ use crate::transport::splice::COPY_BUF;
 
 /// The CPU of a set of threads, those still running and those ended.
 #[derive(Clone, Default)]
-pub struct Meter(Arc<Mutex<Threads>>);
+pub(super) struct Meter(Arc<Mutex<Threads>>);
 
 #[derive(Default)]
 struct Threads {
@@ -37,12 +37,12 @@ struct Threads {
 
 impl Meter {
     /// User + system CPU seconds of every thread counted so far.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+    pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
         self.cpu().map(Cpu::total)
     }
 
     /// User and system CPU time of every thread counted so far.
-    pub fn cpu(&self) -> anyhow::Result<Cpu> {
+    pub(super) fn cpu(&self) -> anyhow::Result<Cpu> {
         let threads = self.lock();
         let mut total = threads.ended;
         for stat in &threads.live {
@@ -79,7 +79,7 @@ impl Meter {
 
 /// Starts two plain relays in a row in front of `target`; returns the
 /// first one's address and the meter of both.
-pub fn spawn_pair(
+pub(super) fn spawn_pair(
     target: SocketAddr,
     shutdown: CancellationToken,
 ) -> io::Result<(SocketAddr, Meter)> {

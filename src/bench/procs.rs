@@ -17,13 +17,13 @@ use tokio::time::Instant;
 use crate::pki::{self, CertDir, KeyAlg};
 
 /// Throwaway certificates in a private temporary directory, removed on drop.
-pub struct Pki {
+pub(super) struct Pki {
     certs: CertDir,
 }
 
 impl Pki {
     /// Issues a CA, a `localhost` server and a client certificate.
-    pub fn new() -> anyhow::Result<Pki> {
+    pub(super) fn new() -> anyhow::Result<Pki> {
         let dir = std::env::temp_dir().join(format!("postern-bench-{}", std::process::id()));
         let bundle = pki::bundle(
             &["localhost".into()],
@@ -44,7 +44,7 @@ impl Drop for Pki {
 }
 
 /// A running child process, killed when dropped (also on error paths).
-pub struct Proc {
+pub(super) struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
@@ -55,12 +55,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `postern server` with outer TLS (ALPN h2) and inner mTLS in
     /// front of `backend`.
-    pub async fn server(pki: &Pki, backend: SocketAddr) -> anyhow::Result<Proc> {
+    pub(super) async fn server(pki: &Pki, backend: SocketAddr) -> anyhow::Result<Proc> {
         Self::server_with("server", pki, backend, &[]).await
     }
 
     /// [`Proc::server`] with more flags; `name` names its log.
-    pub async fn server_with(
+    pub(super) async fn server_with(
         name: &str,
         pki: &Pki,
         backend: SocketAddr,
@@ -82,7 +82,12 @@ impl Proc {
 
     /// Starts `postern client` forwarding to `https://localhost:PORT/`;
     /// `extra` are more flags (e.g. `--max-streams-per-connection 1`).
-    pub async fn client(name: &str, pki: &Pki, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
+    pub(super) async fn client(
+        name: &str,
+        pki: &Pki,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let mut args = vec![
             "client".to_owned(),
             "--listen".into(),
@@ -160,29 +165,29 @@ impl Proc {
     }
 
     /// The last lines of the child's log, for error messages.
-    pub fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
     /// The child's process id.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// User + system CPU seconds used so far.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+    pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
         self.cpu().map(Cpu::total)
     }
 
     /// User and system CPU time, in seconds.
-    pub fn cpu(&self) -> anyhow::Result<Cpu> {
+    pub(super) fn cpu(&self) -> anyhow::Result<Cpu> {
         cpu_of(Path::new(&format!("/proc/{}/stat", self.pid())))
     }
 
     /// Resident set size in KiB.
-    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(super) fn rss_kib(&self) -> anyhow::Result<u64> {
         rss_kib(self.pid())
     }
 }
@@ -199,7 +204,7 @@ const TICKS: f64 = 100.0;
 
 /// User and system CPU time, in seconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct Cpu {
+pub(super) struct Cpu {
     /// utime: the process's own code (TLS, HTTP/2, copies in user space).
     pub user: f64,
     /// stime: the kernel on its behalf (socket reads and writes, wake-ups).
@@ -208,7 +213,7 @@ pub struct Cpu {
 
 impl Cpu {
     /// User + system.
-    pub fn total(self) -> f64 {
+    pub(super) fn total(self) -> f64 {
         self.user + self.system
     }
 }
@@ -234,7 +239,7 @@ impl std::ops::Sub for Cpu {
 }
 
 /// utime and stime from a process's or a thread's `stat` file.
-pub fn cpu_of(path: &Path) -> anyhow::Result<Cpu> {
+pub(super) fn cpu_of(path: &Path) -> anyhow::Result<Cpu> {
     let stat = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let path = path.display();
     // The command name may hold spaces; fields are counted after its ')'.
@@ -257,7 +262,7 @@ pub fn cpu_of(path: &Path) -> anyhow::Result<Cpu> {
 }
 
 /// VmRSS of `pid` from /proc/PID/status, in KiB.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
     status

@@ -34,7 +34,7 @@ const READ: usize = 64 * 1024;
 /// Starts a relay to `target` delaying each direction by `rtt / 2`; returns
 /// its address. It stops accepting when `shutdown` fires; relayed
 /// connections end when their peers close them.
-pub async fn spawn(
+pub(super) async fn spawn(
     target: SocketAddr,
     rtt: Duration,
     shutdown: CancellationToken,
@@ -44,12 +44,12 @@ pub async fn spawn(
 
 /// The relay's open connections, to cut them all at once.
 #[derive(Clone, Default)]
-pub struct Cutter(Arc<Mutex<Vec<TcpStream>>>);
+pub(super) struct Cutter(Arc<Mutex<Vec<TcpStream>>>);
 
 impl Cutter {
     /// Drops every connection open through the relay, both sides (what a
     /// front end that dies or a network that changes does to a tunnel).
-    pub fn cut(&self) {
+    pub(super) fn cut(&self) {
         for sock in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = sock.shutdown(Shutdown::Both);
         }
@@ -63,7 +63,7 @@ impl Cutter {
 }
 
 /// Like [`spawn`], with a [`Cutter`] for the connections it relays.
-pub async fn spawn_cuttable(
+pub(super) async fn spawn_cuttable(
     target: SocketAddr,
     rtt: Duration,
     shutdown: CancellationToken,
@@ -82,7 +82,7 @@ pub async fn spawn_cuttable(
 /// Listens on an ephemeral loopback port and hands each accepted socket to
 /// `serve` on a plain thread named `name`, until `shutdown` fires; returns
 /// the address.
-pub fn accept_on_thread(
+pub(super) fn accept_on_thread(
     name: &str,
     shutdown: CancellationToken,
     mut serve: impl FnMut(TcpStream) + Send + 'static,

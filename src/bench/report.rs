@@ -107,7 +107,7 @@ fn num(v: Option<f64>) -> String {
 }
 
 /// The `q` quantile (0..=1) of `samples`, sorting them.
-pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
+pub(super) fn quantile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }

@@ -53,7 +53,7 @@ impl Env<'_> {
 }
 
 /// Starts backend, server and client, then runs `list` in order.
-pub async fn run_all(
+pub(super) async fn run_all(
     list: &[Scenario],
     sizes: &Sizes,
     rtt: Duration,

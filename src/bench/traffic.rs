@@ -18,15 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The byte the backend sends first on every connection.
-pub const GREETING: u8 = b'P';
+pub(super) const GREETING: u8 = b'P';
 /// App -> backend: `U` + u64 n, then n pattern bytes; the backend answers `K` (intact) or `X`.
-pub const UPLOAD: u8 = b'U';
+pub(super) const UPLOAD: u8 = b'U';
 /// App -> backend: `D` + u64 n; the backend sends n pattern bytes, then half-closes.
-pub const DOWNLOAD: u8 = b'D';
+pub(super) const DOWNLOAD: u8 = b'D';
 /// App -> backend: echo everything until EOF.
-pub const ECHO: u8 = b'E';
+pub(super) const ECHO: u8 = b'E';
 /// App -> backend: close at once.
-pub const QUIT: u8 = b'Q';
+pub(super) const QUIT: u8 = b'Q';
 
 const PERIOD: usize = 131_071; // 2^17 - 1, a prime
 /// Largest slice taken from the pattern at a time.
@@ -57,7 +57,7 @@ fn pattern_at(offset: u64, len: usize) -> &'static [u8] {
 }
 
 /// Starts the backend on an ephemeral loopback port.
-pub async fn spawn_backend(shutdown: CancellationToken) -> io::Result<SocketAddr> {
+pub(super) async fn spawn_backend(shutdown: CancellationToken) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -142,7 +142,7 @@ async fn sink<R: AsyncRead + Unpin>(r: &mut R, n: u64) -> io::Result<bool> {
 
 /// Connects to `addr` (the client's listener, or the backend directly) and
 /// waits for the greeting; returns the socket and the time to first byte.
-pub async fn connect(addr: SocketAddr) -> io::Result<(TcpStream, Duration)> {
+pub(super) async fn connect(addr: SocketAddr) -> io::Result<(TcpStream, Duration)> {
     tokio::time::timeout(Duration::from_secs(30), connect_inner(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no first byte within 30 s"))?
@@ -162,7 +162,7 @@ async fn connect_inner(addr: SocketAddr) -> io::Result<(TcpStream, Duration)> {
 
 /// Uploads `n` bytes through a new connection; returns the time from the
 /// first byte sent to the backend's verdict.
-pub async fn upload(addr: SocketAddr, n: u64) -> io::Result<Duration> {
+pub(super) async fn upload(addr: SocketAddr, n: u64) -> io::Result<Duration> {
     let (mut sock, _) = connect(addr).await?;
     let started = Instant::now();
     let mut head = vec![UPLOAD];
@@ -178,7 +178,7 @@ pub async fn upload(addr: SocketAddr, n: u64) -> io::Result<Duration> {
 }
 
 /// Downloads and verifies `n` bytes through a new connection.
-pub async fn download(addr: SocketAddr, n: u64) -> io::Result<Duration> {
+pub(super) async fn download(addr: SocketAddr, n: u64) -> io::Result<Duration> {
     let (mut sock, _) = connect(addr).await?;
     let started = Instant::now();
     let mut head = vec![DOWNLOAD];
@@ -197,7 +197,7 @@ pub async fn download(addr: SocketAddr, n: u64) -> io::Result<Duration> {
 
 /// Downloads (or, with `up`, uploads) without end, adding the bytes moved
 /// to `count`, until `stop`.
-pub async fn stream_until(
+pub(super) async fn stream_until(
     addr: SocketAddr,
     count: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -245,13 +245,13 @@ fn echo_blocking(mut sock: std::net::TcpStream) -> io::Result<()> {
 }
 
 /// Opens an echo connection and times `samples` one-byte round trips (µs).
-pub async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
+pub(super) async fn ping_pong(addr: SocketAddr, samples: usize) -> io::Result<Vec<f64>> {
     ping_pong_for(addr, samples, Duration::ZERO).await
 }
 
 /// Like [`ping_pong`], going on until `span` has passed as well (so that a
 /// bulk transfer beside it is measured over a useful window).
-pub async fn ping_pong_for(
+pub(super) async fn ping_pong_for(
     addr: SocketAddr,
     samples: usize,
     span: Duration,
@@ -297,7 +297,7 @@ fn ping_blocking(
 }
 
 /// One short-lived connection: greeting down, `Q` up, wait for the close.
-pub async fn quick_exchange(addr: SocketAddr) -> io::Result<()> {
+pub(super) async fn quick_exchange(addr: SocketAddr) -> io::Result<()> {
     let (mut sock, _) = connect(addr).await?;
     sock.write_all(&[QUIT]).await?;
     let mut rest = [0u8; 1];

@@ -214,7 +214,7 @@ fn mib(n: u64) -> usize {
 }
 
 /// Parses repeatable `Name: value` flags.
-pub fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
+pub(super) fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     for h in raw {
         let (name, value) = h

@@ -168,7 +168,8 @@ impl Connector {
     }
 
     /// Number of live pooled connections (for tests, through
-    /// [`crate::testing::connections`]).
+    /// `postern::testing::connections`).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) async fn connections(&self) -> usize {
         let mut pool = self.pool.lock().await;
         pool.conns.retain(Conn::usable);

@@ -24,10 +24,10 @@ pub struct Forward {
     pub tokens: Option<IdTokens>,
     /// Limit for the inner handshake.
     pub handshake_timeout: Duration,
-    /// Worker threads for [`super::serve`] (see [`crate::transport::workers`]).
+    /// Worker threads for [`super::serve`] (see `transport::workers`).
     pub workers: usize,
     /// How long a worker polls after it wakes (`--busy-poll`, see
-    /// [`crate::transport::busy_poll`]).
+    /// `transport::busy_poll`).
     pub busy_poll: Duration,
     /// Ask for a resumable session (None: `--no-resume`, today's byte stream).
     pub resume: Option<ResumePolicy>,

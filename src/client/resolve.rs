@@ -17,10 +17,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How long a lookup's answer is reused.
-pub const TTL: Duration = Duration::from_secs(30);
+pub(super) const TTL: Duration = Duration::from_secs(30);
 
 /// The last lookup of one host and port.
-pub struct Resolved {
+pub(super) struct Resolved {
     host: String,
     port: u16,
     last: Mutex<Option<(Instant, Arc<[SocketAddr]>)>>,
@@ -29,7 +29,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// Nothing looked up yet.
-    pub fn new(host: &str, port: u16) -> Resolved {
+    pub(super) fn new(host: &str, port: u16) -> Resolved {
         Resolved {
             host: host.to_owned(),
             port,
@@ -39,7 +39,7 @@ impl Resolved {
     }
 
     /// The addresses, from the last lookup if it is younger than [`TTL`].
-    pub async fn addrs(&self) -> io::Result<Arc<[SocketAddr]>> {
+    pub(super) async fn addrs(&self) -> io::Result<Arc<[SocketAddr]>> {
         if let Some((at, addrs)) = &*self.lock() {
             if at.elapsed() < TTL {
                 return Ok(addrs.clone());
@@ -61,7 +61,7 @@ impl Resolved {
     }
 
     /// Drops the last answer (its addresses did not take a connection).
-    pub fn forget(&self) {
+    pub(super) fn forget(&self) {
         *self.lock() = None;
     }
 

@@ -1,7 +1,7 @@
 //! Command-line interface: the `postern` command and its subcommands. Each
 //! subcommand's flags live in a module of their own, next to its `run` where
 //! that is a thin adapter; [`parse_args`] parses them from an argument list;
-//! [`crate::duration`] is the parser behind every duration flag.
+//! `crate::duration` is the parser behind every duration flag.
 
 pub mod backend;
 pub mod certs;

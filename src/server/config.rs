@@ -39,10 +39,10 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Called with each finished tunnel's report (see [`Config::on_tunnel_end`]).
     pub(crate) observer: Option<Observer>,
-    /// Worker threads that serve connections (see [`crate::transport::workers`]).
+    /// Worker threads that serve connections (see `transport::workers`).
     pub workers: usize,
     /// How long a worker polls after it wakes (`--busy-poll`, see
-    /// [`crate::transport::busy_poll`]).
+    /// `transport::busy_poll`).
     pub busy_poll: Duration,
     /// Process-wide connection limit (`--max-connections`): beyond it a
     /// connection is closed at once.

@@ -35,7 +35,7 @@ struct RouteFile {
 /// See [`parse_config`] for the format.
 // Read at start-up and by the reloader, never on a tunnel's worker.
 #[allow(clippy::disallowed_methods)]
-pub fn load_config(path: &Path) -> anyhow::Result<Routes> {
+pub(super) fn load_config(path: &Path) -> anyhow::Result<Routes> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     // Flatten the chain so the one-line summary names both file and cause.
@@ -56,7 +56,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Routes> {
 ///
 /// Unknown keys are rejected (a misspelt `allow` must not silently mean
 /// "allow anyone"); an omitted `allow` does mean any verified peer.
-pub fn parse_config(text: &str) -> anyhow::Result<Routes> {
+pub(crate) fn parse_config(text: &str) -> anyhow::Result<Routes> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
     let mut routes = Vec::with_capacity(file.route.len());
     for (i, r) in file.route.into_iter().enumerate() {

@@ -325,7 +325,7 @@ impl Drop for ConnectionGuard {
 }
 
 /// Binds `addr` and serves `/metrics` there until `shutdown`.
-pub async fn listen(
+pub(super) async fn listen(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -339,7 +339,11 @@ pub async fn listen(
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         let sock = tokio::select! {
             r = listener.accept() => match r {

@@ -1,6 +1,6 @@
 //! `postern server`: accepts HTTP/2 connections (h2c behind a front end, or
 //! TLS when self-hosted), turns each tunnel request into an
-//! [`H2Stream`](crate::transport::stream::H2Stream), ends the inner mTLS
+//! `H2Stream` (`transport::stream`), ends the inner mTLS
 //! there and only then dials the backend.
 //!
 //! - `args`: the flags; `config`: [`Config`], built from them.
@@ -41,6 +41,7 @@ use tracing::info;
 
 pub use args::Args;
 pub use config::Config;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) use config_file::parse_config;
 pub use metrics::Metrics;
 pub use reload::{Live, Material, ReloadStatus};

@@ -19,7 +19,7 @@ use crate::server::metrics::Metrics;
 
 /// When the tunnel last carried a byte, shared by [`Metered`] and [`expiry`].
 #[derive(Debug)]
-pub struct Activity {
+pub(super) struct Activity {
     started: Instant,
     /// Nanoseconds from `started` to the latest byte.
     last: AtomicU64,
@@ -27,7 +27,7 @@ pub struct Activity {
 
 impl Activity {
     /// Activity starting now.
-    pub fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::new(Activity {
             started: Instant::now(),
             last: AtomicU64::new(0),
@@ -46,7 +46,7 @@ impl Activity {
 
 /// Why [`expiry`] ended a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
+pub(super) enum Expired {
     /// No byte either way for the idle timeout.
     Idle(Duration),
     /// The tunnel reached its maximum lifetime.
@@ -55,7 +55,7 @@ pub enum Expired {
 
 /// Resolves when the tunnel has been idle for `idle` or open for `lifetime`;
 /// never, if neither is set.
-pub async fn expiry(
+pub(super) async fn expiry(
     activity: &Activity,
     idle: Option<Duration>,
     lifetime: Option<Duration>,
@@ -86,7 +86,7 @@ pub async fn expiry(
 }
 
 /// The backend socket, counting bytes into the metrics and stamping activity.
-pub struct Metered<T> {
+pub(super) struct Metered<T> {
     /// The wrapped socket.
     pub inner: T,
     activity: Arc<Activity>,
@@ -95,12 +95,12 @@ pub struct Metered<T> {
 
 impl<T> Metered<T> {
     /// The activity this socket stamps.
-    pub fn activity(&self) -> Arc<Activity> {
+    pub(super) fn activity(&self) -> Arc<Activity> {
         self.activity.clone()
     }
 
     /// Wraps `inner`.
-    pub fn new(inner: T, activity: Arc<Activity>, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(inner: T, activity: Arc<Activity>, metrics: Arc<Metrics>) -> Self {
         Metered {
             inner,
             activity,

@@ -33,12 +33,12 @@ use crate::transport::settings;
 
 /// The stream window a connection starts with (the protocol default): a
 /// ClientHello and a client certificate chain fit with room to spare.
-pub const PREAUTH_STREAM_WINDOW: u32 = 64 * 1024;
+pub(super) const PREAUTH_STREAM_WINDOW: u32 = 64 * 1024;
 
 /// The connection window before any tunnel on it has authenticated: a few
 /// handshakes' worth, the most an unauthenticated peer can make one
 /// connection buffer.
-pub const PREAUTH_CONNECTION_WINDOW: u32 = 256 * 1024;
+pub(super) const PREAUTH_CONNECTION_WINDOW: u32 = 256 * 1024;
 
 /// Tunnels of one connection in their inner handshake at once (without
 /// inner TLS: connecting their backend). A stalled handshake costs about
@@ -46,7 +46,7 @@ pub const PREAUTH_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// holds (a session reads at most `session::PREAUTH_READ` of it, the rest
 /// is bounded by the windows above): 8 of them keep an unauthenticated
 /// connection under 1 MiB whatever it sends (tests/it/preauth.rs).
-pub const PREAUTH_HANDSHAKES: usize = 8;
+pub(super) const PREAUTH_HANDSHAKES: usize = 8;
 
 /// Tunnels of one connection that may wait, unanswered, for one of those
 /// handshakes to end: a burst of new tunnels is delayed, not refused.
@@ -55,11 +55,11 @@ pub const PREAUTH_HANDSHAKES: usize = 8;
 /// `--max-streams-per-connection` is 100), so its bursts always wait; a
 /// waiting request holds only its h2 stream and a small boxed task (no TLS
 /// state), and its body is bounded by the windows above.
-pub const PREAUTH_WAITING: usize = 120;
+pub(super) const PREAUTH_WAITING: usize = 120;
 
 /// The receive window a connection carrying `established` authenticated
 /// tunnels gets: one full stream window each, capped.
-pub fn connection_window(established: usize) -> u32 {
+pub(super) fn connection_window(established: usize) -> u32 {
     let earned = u64::from(PREAUTH_CONNECTION_WINDOW)
         + established as u64 * u64::from(settings::STREAM_WINDOW);
     earned.min(u64::from(settings::CONNECTION_WINDOW)) as u32
@@ -107,7 +107,7 @@ impl Budget {
 
 /// One connection's share of the budget, returned when dropped.
 #[derive(Debug)]
-pub struct Grant {
+pub(super) struct Grant {
     budget: Arc<Budget>,
     held: u64,
 }
@@ -115,7 +115,7 @@ pub struct Grant {
 impl Grant {
     /// The first window of a new connection, or `None` if the budget cannot
     /// cover it.
-    pub fn first(budget: &Arc<Budget>) -> Option<Grant> {
+    pub(super) fn first(budget: &Arc<Budget>) -> Option<Grant> {
         let want = u64::from(PREAUTH_CONNECTION_WINDOW);
         let got = budget.take(want, 0);
         if got < want {
@@ -130,7 +130,7 @@ impl Grant {
 
     /// Moves the grant toward `want` bytes (never below the first window);
     /// returns the window it now covers.
-    pub fn resize(&mut self, want: u32) -> u32 {
+    pub(super) fn resize(&mut self, want: u32) -> u32 {
         let want = u64::from(want.max(PREAUTH_CONNECTION_WINDOW));
         if want > self.held {
             self.held += self.budget.take(want - self.held, self.budget.reserve());
@@ -152,7 +152,7 @@ impl Drop for Grant {
 /// requests are open (for the idle timeout) and how many tunnels have
 /// authenticated (for the windows).
 #[derive(Debug)]
-pub struct Share {
+pub(super) struct Share {
     open: AtomicUsize,
     established: AtomicUsize,
     changed: Notify,
@@ -176,7 +176,7 @@ impl Default for Share {
 
 impl Share {
     /// Counts an open request until the guard drops.
-    pub fn opened(self: &Arc<Self>) -> Counted {
+    pub(super) fn opened(self: &Arc<Self>) -> Counted {
         self.open.fetch_add(1, Ordering::AcqRel);
         Counted {
             share: self.clone(),
@@ -186,24 +186,24 @@ impl Share {
     }
 
     /// Requests open now.
-    pub fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Tunnels past authentication now.
-    pub fn established(&self) -> usize {
+    pub(super) fn established(&self) -> usize {
         self.established.load(Ordering::Acquire)
     }
 
     /// Resolves after the next change to either count.
-    pub async fn changed(&self) {
+    pub(super) async fn changed(&self) {
         self.changed.notified().await;
     }
 }
 
 /// One open request of a connection; marks its tunnel established once.
 #[derive(Debug)]
-pub struct Counted {
+pub(super) struct Counted {
     share: Arc<Share>,
     established: AtomicBool,
     /// This tunnel's place among the connection's handshakes, held until
@@ -215,7 +215,7 @@ impl Counted {
     /// Takes one of the connection's handshake places, waiting at most
     /// `wait` (behind at most [`PREAUTH_WAITING`] others) for one to free;
     /// `false`: the tunnel is to be refused.
-    pub async fn admit(&self, wait: Duration) -> bool {
+    pub(super) async fn admit(&self, wait: Duration) -> bool {
         let places = &self.share.handshakes;
         let permit = match places.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -239,7 +239,7 @@ impl Counted {
 
     /// The tunnel has authenticated its client (or, without inner TLS, has
     /// its backend): the connection may now widen its windows for it.
-    pub fn establish(&self) {
+    pub(super) fn establish(&self) {
         // Its handshake is over: the place goes to the next one.
         drop(
             self.handshake

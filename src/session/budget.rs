@@ -18,11 +18,11 @@ use super::frame::MAX_FRAME;
 
 /// What a direction of a session may hold without drawing: two frames, so
 /// the peer's ACKs and one frame of data always fit.
-pub const FLOOR: usize = 2 * MAX_FRAME;
+pub(crate) const FLOOR: usize = 2 * MAX_FRAME;
 
 /// How much a session draws (and gives back) at a time: few enough trips
 /// to the lock on a bulk transfer, small next to any useful budget.
-pub const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 
 /// A byte budget shared by sessions.
 #[derive(Debug)]

@@ -15,15 +15,15 @@ use crate::transport::stream::H2Stream;
 /// The longest a carrier is kept after its tunnel's end so that a last
 /// flight (an alert, a CLOSE) reaches the peer: an HTTP/2 stack drops what
 /// a reset stream still had queued.
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// How long a session's clean end may wait for the peer's acknowledgements
 /// (a peer that is cut meanwhile has the grace period to resume first).
-pub const FINISH_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const FINISH_LIMIT: Duration = Duration::from_secs(30);
 
 /// Why a tunnel ends its carrier without a clean finish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Abort {
+pub(crate) enum Abort {
     /// The backend (or route) could not be reached: a reset the client
     /// passes on to its application.
     Refused,
@@ -34,7 +34,7 @@ pub enum Abort {
 }
 
 /// The ways a tunnel ends its carrier.
-pub trait Carried: AsyncRead + AsyncWrite + Unpin + Send {
+pub(crate) trait Carried: AsyncRead + AsyncWrite + Unpin + Send {
     /// After a failed inner handshake: let the alert reach the peer.
     fn linger(self) -> impl Future<Output = ()> + Send;
     /// The inner TLS carries half-closes from here on (the server's

@@ -51,7 +51,7 @@ use retired::Retired;
 /// An accepted resume made with `accept_resume_with`: the signed answer,
 /// and `None` if the carrier could not be made, else whether it replaced a
 /// carrier that was still up (which the session now reads to its end).
-pub type Accepted = (ResumeResponse, Option<bool>);
+pub(super) type Accepted = (ResumeResponse, Option<bool>);
 
 /// The application's side of a session.
 pub struct Session {

@@ -20,13 +20,13 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Largest DATA payload. A TLS record is at most ~16 KiB, so 64 KiB keeps
 /// the header overhead at 12 bytes per 64 KiB (0.02 %) while bounding what a
 /// receiver must buffer before it can check a frame: one frame.
-pub const MAX_DATA: usize = 64 * 1024;
+pub(crate) const MAX_DATA: usize = 64 * 1024;
 
 /// Type and length.
-pub const HEADER: usize = 4;
+pub(crate) const HEADER: usize = 4;
 
 /// The largest frame on the wire, header included.
-pub const MAX_FRAME: usize = HEADER + 8 + MAX_DATA;
+pub(crate) const MAX_FRAME: usize = HEADER + 8 + MAX_DATA;
 
 const DATA: u8 = 0x01;
 const ACK: u8 = 0x02;
@@ -35,17 +35,17 @@ const CLOSE: u8 = 0x04;
 
 /// A `CLOSE` code: the sender is done with the session (its data was all
 /// acknowledged, the peer's `FIN` received); not an error.
-pub const CLOSE_DONE: u32 = 0;
+pub(crate) const CLOSE_DONE: u32 = 0;
 /// A `CLOSE` code: the application connection behind the sender was reset.
-pub const CLOSE_RESET: u32 = 1;
+pub(crate) const CLOSE_RESET: u32 = 1;
 /// A `CLOSE` code: the sender received a malformed frame or offset.
-pub const CLOSE_PROTOCOL: u32 = 2;
+pub(crate) const CLOSE_PROTOCOL: u32 = 2;
 /// A `CLOSE` code: the sender gave up on the session (grace expired, limits).
-pub const CLOSE_ABANDONED: u32 = 3;
+pub(crate) const CLOSE_ABANDONED: u32 = 3;
 
 /// One session frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// Application bytes starting at `offset` in the sender's byte stream.
     Data {
         /// Position of the first payload byte.
@@ -109,7 +109,7 @@ impl From<FrameError> for io::Error {
 
 /// The codec for [`Frame`]s (tokio-util's `Decoder`/`Encoder`).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct FrameCodec;
+pub(crate) struct FrameCodec;
 
 impl Decoder for FrameCodec {
     type Item = Frame;
@@ -152,7 +152,7 @@ impl FrameCodec {
     /// delivers it as one chunk). `None`, with nothing taken, when `src` is
     /// not such a header or `more` is too short: the caller appends `more`
     /// to `src` and decodes as usual.
-    pub fn decode_data_from(
+    pub(crate) fn decode_data_from(
         &mut self,
         src: &mut BytesMut,
         more: &mut Bytes,

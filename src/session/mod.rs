@@ -27,11 +27,11 @@
 //!
 //! The wire format is specified in docs/protocol.md, "Resume".
 
-pub mod budget;
+pub(crate) mod budget;
 mod carried;
 mod carrier;
 mod core;
-pub mod frame;
+pub(crate) mod frame;
 pub mod handshake;
 mod limits;
 mod out;
@@ -41,11 +41,13 @@ mod wake;
 
 use std::time::Duration;
 
-pub use self::carried::{Abort, Carried, FINISH_LIMIT, LINGER};
-pub use self::carrier::Carrier;
-pub use self::core::{Accepted, Session, SessionHandle};
-pub use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
-pub use self::registry::{Limits, Refusal, Registry, Usage};
+pub(crate) use self::carried::{Abort, Carried, LINGER};
+pub(crate) use self::core::SessionHandle;
+// Reached by the tests as `postern::testing::session::Session`.
+#[allow(unreachable_pub)]
+pub use self::core::Session;
+pub(crate) use self::handshake::{ResumeKey, ResumeRequest, ResumeResponse, SessionId};
+pub(crate) use self::registry::{Limits, Registry};
 
 /// Each direction's window: the most bytes a sender keeps unacknowledged
 /// (its replay buffer) and so the most a receiver may have to hold unread.
@@ -62,7 +64,7 @@ pub use self::registry::{Limits, Refusal, Registry, Usage};
 /// bounds the session layer at 8 MiB of replay plus 8 MiB of unread inbox,
 /// whatever the peer does (data past the window is a protocol error), and an
 /// idle tunnel holds nothing (chunks are freed as they are acknowledged).
-pub const WINDOW: usize = 8 * 1024 * 1024;
+pub(crate) const WINDOW: usize = 8 * 1024 * 1024;
 
 /// What a server's session reads from its first carrier before the peer
 /// is authenticated (its resume key is set, or the inner handshake is
@@ -70,7 +72,7 @@ pub const WINDOW: usize = 8 * 1024 * 1024;
 /// (docs/protocol.md §8, "Window and replay buffer"). Past it the bytes stay in the HTTP/2 stream,
 /// whose window is not released, so an unauthenticated peer is held to the
 /// HTTP/2 windows as it is without sessions, not to `consumed + window`.
-pub const PREAUTH_READ: usize = 32 * 1024;
+pub(crate) const PREAUTH_READ: usize = 32 * 1024;
 
 /// How long a detached session is kept for its client to come back.
 ///
@@ -81,7 +83,7 @@ pub const PREAUTH_READ: usize = 32 * 1024;
 /// clients that are gone, on an instance that Cloud Run throttles outside
 /// requests and may scale in; a deployment can raise it with
 /// `--resume-timeout`.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 
 /// A session's parameters (both ends must use the same window).
 #[derive(Debug, Clone)]

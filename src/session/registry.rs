@@ -16,7 +16,7 @@ use super::carrier::Carrier;
 use super::core::{Session, SessionHandle};
 use super::handshake::{ResumeRequest, ResumeResponse, SessionId};
 use super::limits::Budget;
-pub use super::limits::{Limits, Refusal};
+pub(crate) use super::limits::{Limits, Refusal};
 use super::Config;
 
 type Table = Mutex<HashMap<SessionId, Weak<super::core::Shared>>>;

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// What one held chunk costs beyond its bytes (a `Bytes` handle and its
 /// share of an allocation, rounded up).
-pub const CHUNK_OVERHEAD: usize = 64;
+pub(super) const CHUNK_OVERHEAD: usize = 64;
 
 /// Bytes `[base, base + held)` of the outgoing stream.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ pub(super) struct Fixture {
 }
 
 impl Fixture {
-    pub fn new(name: &str) -> Fixture {
+    pub(super) fn new(name: &str) -> Fixture {
         let dir = std::env::temp_dir().join(format!("postern-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let set = crate::pki::bundle(&[], &[], Default::default()).unwrap();

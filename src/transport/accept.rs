@@ -16,7 +16,7 @@ const ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Accepts the next connection, or `None` once `shutdown` fires. Accept
 /// errors (typically EMFILE) are logged and retried after a short pause
 /// rather than spun on.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, SocketAddr)> {

@@ -39,7 +39,7 @@ use tokio::runtime::{Builder, Runtime};
 /// The longest window `--busy-poll` accepts: beyond it a woken worker would
 /// spin for long enough to be plainly a mistake (Linux suggests 50 µs for
 /// `busy_poll`).
-pub const MAX_WINDOW: Duration = Duration::from_millis(10);
+pub(crate) const MAX_WINDOW: Duration = Duration::from_millis(10);
 
 thread_local! {
     /// The end of this worker's current window, if it polls.
@@ -52,7 +52,7 @@ thread_local! {
 
 /// `--busy-poll`: an interval (see [`crate::duration::parse_interval`]) up
 /// to [`MAX_WINDOW`].
-pub fn parse_flag(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_flag(s: &str) -> Result<Duration, String> {
     let d = crate::duration::parse_interval(s)?;
     if d > MAX_WINDOW {
         return Err(format!(
@@ -64,7 +64,7 @@ pub fn parse_flag(s: &str) -> Result<Duration, String> {
 
 /// Builds the runtime of `builder`, polling for `window` after each wake
 /// (a zero window changes nothing).
-pub fn build(mut builder: Builder, window: Duration) -> std::io::Result<Runtime> {
+pub(crate) fn build(mut builder: Builder, window: Duration) -> std::io::Result<Runtime> {
     if window.is_zero() {
         return builder.build();
     }

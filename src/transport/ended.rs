@@ -6,7 +6,7 @@
 use std::io;
 
 /// Says what ended a connection to the front end, for a log line.
-pub fn in_words(e: &h2::Error) -> String {
+pub(crate) fn in_words(e: &h2::Error) -> String {
     if e.is_go_away() {
         return match e.reason() {
             Some(h2::Reason::NO_ERROR) | None => {
@@ -22,7 +22,7 @@ pub fn in_words(e: &h2::Error) -> String {
 }
 
 /// The same for an I/O error on the outer connection.
-pub fn io_in_words(e: &io::Error) -> String {
+pub(crate) fn io_in_words(e: &io::Error) -> String {
     match e.kind() {
         // rustls's UnexpectedEof: TCP closed with no TLS close_notify.
         io::ErrorKind::UnexpectedEof => {

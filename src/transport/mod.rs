@@ -2,11 +2,11 @@
 //! the bidirectional copy with its counts, and the worker runtimes that
 //! carry connections (and how they wait for work).
 
-pub mod accept;
-pub mod busy_poll;
-pub mod ended;
+pub(crate) mod accept;
+pub(crate) mod busy_poll;
+pub(crate) mod ended;
 pub mod settings;
-pub mod socket;
-pub mod splice;
-pub mod stream;
+pub(crate) mod socket;
+pub(crate) mod splice;
+pub(crate) mod stream;
 pub mod workers;

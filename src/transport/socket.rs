@@ -17,13 +17,13 @@ use tokio::net::TcpStream;
 /// [`crate::transport::splice`]) 9.8 ms alone, 3.3–3.5 ms together with
 /// 16 KiB and 4.3 ms with 64 KiB (one run each, so the two are within
 /// noise of each other; the smaller was kept).
-pub const NOTSENT_LOWAT: u32 = 16 * 1024;
+pub(crate) const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Prepares an outer socket: no Nagle delay, and at most
 /// [`NOTSENT_LOWAT`] unsent bytes in the kernel. Failures leave the socket
 /// usable, only slower to interleave, so they are returned for the caller
 /// to ignore or log.
-pub fn tune_outer(sock: &TcpStream) -> std::io::Result<()> {
+pub(crate) fn tune_outer(sock: &TcpStream) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     socket2::SockRef::from(sock).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
@@ -43,14 +43,14 @@ pub fn tune_outer(sock: &TcpStream) -> std::io::Result<()> {
 /// time 0.61 → 0.49), upload 2.89 → 2.90 (no change). A 256 KiB buffer cut
 /// the calls to a tenth but gained nothing: the copy out of it cost more
 /// in user time (the server's 0.73 → 0.83 s/GB) than the calls saved.
-pub const OUTER_READ: usize = 64 * 1024;
+pub(crate) const OUTER_READ: usize = 64 * 1024;
 
 /// An outer socket as the outer TLS or HTTP/2 reads it.
-pub type Outer = BufReader<TcpStream>;
+pub(crate) type Outer = BufReader<TcpStream>;
 
 /// Puts [`OUTER_READ`]'s buffer under an outer socket's readers; writes
 /// pass straight through. It costs 64 KiB per connection, not per tunnel.
-pub fn buffered(sock: TcpStream) -> Outer {
+pub(crate) fn buffered(sock: TcpStream) -> Outer {
     BufReader::with_capacity(OUTER_READ, sock)
 }
 

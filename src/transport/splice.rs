@@ -42,7 +42,7 @@ pub struct Totals {
 /// measured: tokio zeroes its two buffers for every tunnel (512 KiB at this
 /// size), which was 9 % of the server's CPU while it set up tunnels at full
 /// rate; these buffers are filled straight from the socket instead.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> (io::Result<()>, Totals)
+pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> (io::Result<()>, Totals)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -186,7 +186,7 @@ fn offer_due(last: &Cell<Option<Instant>>, now: Instant) -> bool {
 
 /// Closes a socket with RST instead of FIN, so that a reset on the far side
 /// of the tunnel reaches the local peer as a reset.
-pub fn abort(sock: &TcpStream) {
+pub(crate) fn abort(sock: &TcpStream) {
     let _ = sock.set_zero_linger();
 }
 

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// send buffer (400 KiB) went out before a neighbour's one byte; at 64 KiB
 /// two frames do and the rest waits. It still coalesces four 16 KiB TLS
 /// records per frame.
-pub const MAX_WRITE: usize = 64 * 1024;
+pub(crate) const MAX_WRITE: usize = 64 * 1024;
 
 /// The receiving half: either still waiting for the response headers (client
 /// side, which writes before the `200` arrives) or reading the body.
@@ -59,7 +59,7 @@ pub struct H2Stream {
 }
 
 /// Decrements a connection's open-stream count when the stream is dropped.
-pub struct StreamGuard(pub Arc<AtomicUsize>);
+pub(crate) struct StreamGuard(pub Arc<AtomicUsize>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -221,7 +221,7 @@ impl Drop for H2Stream {
 }
 
 /// Maps an h2 error to io, keeping resets distinguishable.
-pub fn h2_to_io(e: h2::Error) -> io::Error {
+pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
             .into_io()

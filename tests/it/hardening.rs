@@ -557,7 +557,7 @@ async fn a_reload_stuck_on_a_file_does_not_stall_the_accept_loop() {
 /// covers too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legitimate_tunnel_earns_full_windows() {
-    use postern::transport::stream::H2Stream;
+    use postern::testing::transport::stream::H2Stream;
     const FULL: usize = 8 * 1024 * 1024;
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::HashAfterEof).await;
@@ -572,7 +572,7 @@ async fn a_legitimate_tunnel_earns_full_windows() {
 
     let sock = TcpStream::connect(server.addr).await.unwrap();
     // h2 shows at most the send buffer as capacity: make room for a window.
-    let (client, conn) = postern::transport::settings::client_builder()
+    let (client, conn) = postern::testing::transport::settings::client_builder()
         .max_send_buffer_size(2 * FULL)
         .handshake::<_, Bytes>(sock)
         .await

@@ -305,18 +305,18 @@ mod google {
 
     use crate::harness::TempDir;
 
-    pub const EMAIL: &str = "caller@proj.iam.gserviceaccount.com";
+    pub(super) const EMAIL: &str = "caller@proj.iam.gserviceaccount.com";
 
     /// One request the stand-in answered.
     #[derive(Debug, Clone)]
-    pub struct Seen {
+    pub(super) struct Seen {
         pub path: String,
         /// The verified assertion's claims (token endpoint), or the JSON body (IAM).
         pub claims: Value,
         pub authorization: Option<String>,
     }
 
-    pub struct Google {
+    pub(super) struct Google {
         pub url: String,
         pub seen: Arc<Mutex<Vec<Seen>>>,
         pub key_file: String,
@@ -324,7 +324,7 @@ mod google {
         _dir: TempDir,
     }
 
-    pub fn unix_now() -> u64 {
+    pub(super) fn unix_now() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -336,7 +336,7 @@ mod google {
     }
 
     /// An unsigned JWT (the client only reads `exp`; the service verifies).
-    pub fn jwt(claims: Value) -> String {
+    pub(super) fn jwt(claims: Value) -> String {
         format!(
             "{}.{}.{}",
             b64(br#"{"alg":"RS256","typ":"JWT"}"#),
@@ -345,7 +345,7 @@ mod google {
         )
     }
 
-    pub fn claims_of(jwt: &str) -> Value {
+    pub(super) fn claims_of(jwt: &str) -> Value {
         let payload = jwt.split('.').nth(1).expect("a JWT");
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json")
     }
@@ -395,7 +395,7 @@ mod google {
 
     /// Starts the stand-in; ID tokens it mints live `lifetime` seconds, and
     /// with `refuse` every token request gets a 403.
-    pub async fn start(lifetime: u64, refuse: bool) -> Google {
+    pub(super) async fn start(lifetime: u64, refuse: bool) -> Google {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
@@ -524,7 +524,7 @@ mod google {
     }
 
     impl Google {
-        pub fn seen(&self) -> Vec<Seen> {
+        pub(super) fn seen(&self) -> Vec<Seen> {
             self.seen.lock().unwrap().clone()
         }
     }

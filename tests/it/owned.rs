@@ -54,7 +54,7 @@ async fn a_session_over_an_http2_stream_writes_its_payloads_as_they_are() {
     let mut p = pair(false).await;
     settle().await;
     let stream = p.bulk.take().unwrap();
-    let mut session = postern::session::Session::new(Default::default(), stream, None);
+    let mut session = postern::testing::session::Session::new(Default::default(), stream, None);
     settle().await;
     let from = p.wire.logged();
     session.write_all(&[0xa7; 40 * 1024]).await.unwrap();
@@ -73,8 +73,8 @@ async fn a_session_reading_an_http2_stream_takes_whole_payloads_without_a_copy()
     settle().await;
     let sender = p.bulk.take().unwrap();
     let receiver = p.receivers.remove(0);
-    let mut tx = postern::session::Session::new(Default::default(), sender, None);
-    let mut rx = postern::session::Session::new(Default::default(), receiver, None);
+    let mut tx = postern::testing::session::Session::new(Default::default(), sender, None);
+    let mut rx = postern::testing::session::Session::new(Default::default(), receiver, None);
     let sent: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
     let writer = tokio::spawn(async move {
         tx.write_all(&sent).await.unwrap();

@@ -291,7 +291,7 @@ async fn stalled_handshakes_on_one_connection_are_capped() {
 /// makes one line per interval, not one per refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_resumes_name_the_peer_and_do_not_flood_the_log() {
-    use postern::session::{ResumeKey, ResumeRequest, SessionId};
+    use postern::testing::session::{ResumeKey, ResumeRequest, SessionId};
     let pki = Pki::new();
     let backend = TestBackend::start(Backend::Echo).await;
     let server = child::server(&pki, backend.addr, &[]);

@@ -20,8 +20,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use postern::transport::settings;
-use postern::transport::stream::H2Stream;
+use postern::testing::transport::settings;
+use postern::testing::transport::stream::H2Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
 /// A socket whose writes can be held back (a full send buffer) and whose
@@ -219,7 +219,7 @@ fn start_bulk(mut bulk: H2Stream, n: usize) -> (Arc<AtomicU64>, tokio::task::Joi
     let count = taken.clone();
     let task = tokio::spawn(async move {
         // As the tunnel copy writes: a whole copy buffer at a time.
-        let chunk = vec![0xb5u8; postern::transport::splice::COPY_BUF];
+        let chunk = vec![0xb5u8; postern::testing::transport::splice::COPY_BUF];
         let mut left = n;
         while left > 0 {
             let k = left.min(chunk.len());

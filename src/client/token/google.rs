@@ -30,9 +30,9 @@ use super::metadata::{http_get, percent_encode};
 use super::TokenError;
 
 /// Google's OAuth 2.0 token endpoint, when a key file names none.
-pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+pub(super) const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// IAM Credentials, when `POSTERN_IAM_CREDENTIALS_URL` is not set.
-pub const DEFAULT_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
+pub(super) const DEFAULT_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
 /// The scope of the caller's access token for `generateIdToken`.
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -87,7 +87,7 @@ impl Caller {
 /// The ADC file: `GOOGLE_APPLICATION_CREDENTIALS` when set, else gcloud's
 /// `application_default_credentials.json` when it exists; `None` means the
 /// metadata server, as Google's client libraries do.
-pub fn adc_file() -> Option<PathBuf> {
+pub(super) fn adc_file() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
         if !path.is_empty() {
             return Some(PathBuf::from(path));
@@ -105,7 +105,7 @@ pub fn adc_file() -> Option<PathBuf> {
 /// name the file and the field, never a value from it.
 // Read at start-up, before any tunnel runs.
 #[allow(clippy::disallowed_methods)]
-pub fn load(path: &Path) -> Result<Caller, TokenError> {
+pub(super) fn load(path: &Path) -> Result<Caller, TokenError> {
     let bad = |reason: &str| TokenError::KeyFile {
         path: path.to_owned(),
         reason: reason.to_owned(),

@@ -56,14 +56,14 @@ pub use source::TokenSource;
 
 /// A token is refreshed once it has less than this much validity left, so a
 /// tunnel never starts with a token that could expire on the way.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+pub(super) const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// How long one fetch may take before it fails with [`TokenError::Timeout`];
 /// a hung metadata server or command must not hang every tunnel with it.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The metadata server's name when `GCE_METADATA_HOST` is not set.
-pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
+pub(super) const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 
 /// A cached token inside the refresh margin is still handed out after a
 /// failed refresh as long as it has at least this much life left; below it

@@ -92,7 +92,7 @@ impl fmt::Debug for TokenSource {
 /// The metadata server to use: `GCE_METADATA_HOST` if set (the variable
 /// Google's client libraries honour, so emulators and tests work the same
 /// way), else [`DEFAULT_METADATA_HOST`].
-pub fn default_metadata_host() -> String {
+pub(crate) fn default_metadata_host() -> String {
     match std::env::var("GCE_METADATA_HOST") {
         Ok(h) if !h.trim().is_empty() => h.trim().to_owned(),
         _ => DEFAULT_METADATA_HOST.to_owned(),

@@ -11,9 +11,18 @@
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::{
-    Header, ADDR_LEN_TCP4, ADDR_LEN_TCP6, FAMILY_TCP4, FAMILY_TCP6, FIXED_LEN, PP2_SUBTYPE_SSL_CN,
-    PP2_TYPE_POSTERN_IDENTITY, PP2_TYPE_SSL, SIGNATURE,
+    Header, ADDR_LEN_TCP4, ADDR_LEN_TCP6, PP2_SUBTYPE_SSL_CN, PP2_TYPE_POSTERN_IDENTITY,
+    PP2_TYPE_SSL,
 };
+
+/// The fixed 12-byte v2 signature.
+pub(crate) const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const FAMILY_TCP4: u8 = 0x11;
+pub(crate) const FAMILY_TCP6: u8 = 0x21;
+/// Bytes before the variable part: signature, ver/cmd, family, length.
+/// Only this strict decoder, which checks what the server writes, needs
+/// them: encoding is `ppp`'s.
+const FIXED_LEN: usize = 16;
 
 /// Why bytes are not a header this module accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

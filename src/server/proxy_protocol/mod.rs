@@ -30,27 +30,19 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use ppp::v2::{Builder, Command, Protocol, TypeLengthValue, Version, WriteToHeader};
 
-#[doc(hidden)]
-pub mod decode;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod decode;
 
-/// The fixed 12-byte v2 signature.
-pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// `PP2_TYPE_SSL`: TLS details about the client connection.
-pub const PP2_TYPE_SSL: u8 = 0x20;
+pub(crate) const PP2_TYPE_SSL: u8 = 0x20;
 /// `PP2_SUBTYPE_SSL_CN`: inside `PP2_TYPE_SSL`, the client certificate's name.
-pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+pub(crate) const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 /// `PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN`: TLS was used and the client
 /// presented a certificate on this connection.
-pub const PP2_CLIENT_SSL_CERT_CONN: u8 = 0x01 | 0x02;
+pub(crate) const PP2_CLIENT_SSL_CERT_CONN: u8 = 0x01 | 0x02;
 /// Postern's own TLV (first application-reserved type): the identity, UTF-8.
-pub const PP2_TYPE_POSTERN_IDENTITY: u8 = 0xE0;
+pub(crate) const PP2_TYPE_POSTERN_IDENTITY: u8 = 0xE0;
 
-const FAMILY_TCP4: u8 = 0x11;
-const FAMILY_TCP6: u8 = 0x21;
-/// Bytes before the variable part: signature, ver/cmd, family, length.
-/// These and the family bytes are for the strict decoder that checks what
-/// we write ([`decode`]); encoding is `ppp`'s.
-const FIXED_LEN: usize = 16;
 const ADDR_LEN_TCP4: usize = 12;
 const ADDR_LEN_TCP6: usize = 36;
 

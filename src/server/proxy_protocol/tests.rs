@@ -1,6 +1,6 @@
 //! Encoding against known bytes and the strict decoder, and the decoder's refusals.
 
-use super::decode::{decode, DecodeError};
+use super::decode::{decode, DecodeError, FAMILY_TCP6};
 use super::*;
 
 fn addr(s: &str) -> SocketAddr {

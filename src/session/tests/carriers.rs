@@ -2,6 +2,7 @@
 //! the inner TLS on top.
 
 use super::*;
+use crate::session::registry::Usage;
 
 #[tokio::test]
 async fn a_large_transfer_both_ways_survives_many_cuts() {

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use super::*;
 use crate::session::core::ACK_DELAY;
+use crate::session::registry::Refusal;
 
 /// A carrier end that counts its bursts: writes up to a flush, which is what
 /// the session hands the socket (through HTTP/2) at once.

@@ -15,13 +15,13 @@ use tokio::process::{Child, Command};
 use super::{peer, Pki, TempDir, LIMIT};
 
 /// True when `caddy` runs; otherwise prints a loud skip notice for `test`.
-pub fn installed(test: &str) -> bool {
+pub(crate) fn installed(test: &str) -> bool {
     peer::installed("caddy", "version", "caddy", test)
 }
 
 /// Extra settings for one Caddy instance.
 #[derive(Default, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Lines added to the global `servers { }` block (e.g. `timeouts { write 2s }`).
     pub servers: String,
     /// Lines added to the `reverse_proxy { }` block (e.g. `header_down`).
@@ -32,7 +32,7 @@ pub struct Options {
 }
 
 /// A running Caddy; killed on drop.
-pub struct Caddy {
+pub(crate) struct Caddy {
     child: Child,
     /// The loopback port Caddy serves HTTPS on.
     pub port: u16,
@@ -40,7 +40,7 @@ pub struct Caddy {
 }
 
 /// A port that was free a moment ago (bound to :0 and released).
-pub async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr").port()
 }
@@ -97,12 +97,17 @@ https://localhost:{port} {{
 
 impl Caddy {
     /// Starts Caddy on a fresh port in front of `upstream` (an h2c server).
-    pub async fn start(pki: &Pki, upstream: SocketAddr) -> Caddy {
+    pub(crate) async fn start(pki: &Pki, upstream: SocketAddr) -> Caddy {
         Self::start_with(pki, upstream, free_port().await, &Options::default()).await
     }
 
     /// Starts Caddy on `port` (e.g. the port of an instance that was stopped).
-    pub async fn start_with(pki: &Pki, upstream: SocketAddr, port: u16, opts: &Options) -> Caddy {
+    pub(crate) async fn start_with(
+        pki: &Pki,
+        upstream: SocketAddr,
+        port: u16,
+        opts: &Options,
+    ) -> Caddy {
         let dir = TempDir::new("caddy");
         let config = dir.write("Caddyfile", &caddyfile(pki, port, upstream, opts, &dir));
         let mut cmd = Command::new("caddy");
@@ -117,22 +122,22 @@ impl Caddy {
     }
 
     /// The client's `--url` for this front end.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://localhost:{}/", self.port)
     }
 
     /// Caddy's own log, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path("caddy.log")).unwrap_or_default()
     }
 
     /// Kills Caddy at once (SIGKILL): every connection dies without GOAWAY.
-    pub async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.child.kill().await.expect("kill caddy");
     }
 
     /// Stops Caddy with SIGTERM (graceful: GOAWAY to clients) and waits for it to exit.
-    pub async fn terminate(mut self) {
+    pub(crate) async fn terminate(mut self) {
         let pid = self.child.id().expect("caddy pid").to_string();
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{server_flags, strs, Pki, LIMIT};
 
 /// A running `postern` subcommand; killed on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     sub: String,
     /// The address it logged as listening on.
@@ -28,7 +28,7 @@ const KEEP_LINES: usize = 2000;
 /// How to start a `postern` subcommand: the one way the tests start the
 /// binary. Its environment is cleared of what would change its logging
 /// (Cloud Run's variables, `POSTERN_LOG_FORMAT`) unless set here.
-pub struct Launch {
+pub(crate) struct Launch {
     sub: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -37,7 +37,7 @@ pub struct Launch {
 
 impl Launch {
     /// `postern --log-format json <sub> <args…>`.
-    pub fn new(sub: &str, args: &[&str]) -> Launch {
+    pub(crate) fn new(sub: &str, args: &[&str]) -> Launch {
         Launch {
             sub: sub.to_owned(),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -47,21 +47,21 @@ impl Launch {
     }
 
     /// Sets an environment variable of the child.
-    pub fn env(mut self, key: &str, value: &str) -> Launch {
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Launch {
         self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
     /// Leaves the log format to the binary (its default, or the flags and
     /// environment given).
-    pub fn own_log_format(mut self) -> Launch {
+    pub(crate) fn own_log_format(mut self) -> Launch {
         self.json = false;
         self
     }
 
     /// Starts it and waits for the (JSON) log line carrying `addr_field`,
     /// the listening address.
-    pub fn start(self, addr_field: &str) -> Proc {
+    pub(crate) fn start(self, addr_field: &str) -> Proc {
         let (mut proc, rx) = self.spawn(Some(addr_field.to_owned()));
         match rx.recv_timeout(LIMIT) {
             Ok(a) => proc.addr = a,
@@ -76,7 +76,7 @@ impl Launch {
 
     /// Starts it and waits until it accepts connections on `port` of
     /// 127.0.0.1 (for logs that are not JSON, or give no address).
-    pub async fn start_on(self, port: u16) -> Proc {
+    pub(crate) async fn start_on(self, port: u16) -> Proc {
         let (mut proc, _) = self.spawn(None);
         proc.addr = SocketAddr::from(([127, 0, 0, 1], port));
         let addr = proc.addr;
@@ -147,27 +147,27 @@ impl Launch {
 impl Proc {
     /// Starts `postern <sub> <args…>` with JSON logs and waits for the line
     /// carrying `addr_field` (the listening address).
-    pub fn start(sub: &str, args: &[&str], addr_field: &str) -> Proc {
+    pub(crate) fn start(sub: &str, args: &[&str], addr_field: &str) -> Proc {
         Launch::new(sub, args).start(addr_field)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGKILL, and reap.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Whether the process has exited (it is reaped if so).
-    pub fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         self.child.try_wait().expect("wait postern").is_some()
     }
 
     /// SIGTERM: the graceful stop.
-    pub fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -177,7 +177,7 @@ impl Proc {
 
     /// Waits for the process to exit by itself and returns its status and
     /// whole kept log; the limit only turns a hang into a failure.
-    pub async fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+    pub(crate) async fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
         let deadline = tokio::time::Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait postern") {
@@ -196,28 +196,28 @@ impl Proc {
     }
 
     /// Every kept log line, as one text.
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         let lines: Vec<String> = self.log.lock().unwrap().iter().cloned().collect();
         lines.join("\n")
     }
 
     /// Every kept log line, each parsed as JSON (panics on one that is not).
-    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn json_lines(&self) -> Vec<serde_json::Value> {
         json_lines(&self.log_text())
     }
 
     /// `VmRSS` in KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         status_kib(self.pid(), "VmRSS:")
     }
 
     /// `VmHWM` (peak RSS) in KiB.
-    pub fn peak_kib(&self) -> u64 {
+    pub(crate) fn peak_kib(&self) -> u64 {
         status_kib(self.pid(), "VmHWM:")
     }
 
     /// Number of open file descriptors.
-    pub fn fds(&self) -> usize {
+    pub(crate) fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
             .count()
@@ -226,13 +226,13 @@ impl Proc {
     /// Log lines containing `needle`, once there is one (or after
     /// [`LIMIT`], empty): a line may be logged just after the effect a test
     /// saw, and the log is read on another thread.
-    pub async fn wait_log_lines(&self, needle: &str) -> Vec<String> {
+    pub(crate) async fn wait_log_lines(&self, needle: &str) -> Vec<String> {
         super::poll(|| async { !self.log_lines(needle).is_empty() }).await;
         self.log_lines(needle)
     }
 
     /// Log lines containing `needle`.
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+    pub(crate) fn log_lines(&self, needle: &str) -> Vec<String> {
         self.log
             .lock()
             .unwrap()
@@ -250,7 +250,7 @@ impl Drop for Proc {
 }
 
 /// Each line of `log`, parsed as JSON (panics on one that is not).
-pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(log: &str) -> Vec<serde_json::Value> {
     log.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect()
@@ -267,12 +267,12 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 /// Starts `postern server` on an ephemeral loopback port with inner mTLS on.
-pub fn server(pki: &Pki, backend: SocketAddr, extra: &[&str]) -> Proc {
+pub(crate) fn server(pki: &Pki, backend: SocketAddr, extra: &[&str]) -> Proc {
     server_on(pki, backend, "127.0.0.1:0", extra)
 }
 
 /// Like [`server`], on a given listen address (to restart on the same port).
-pub fn server_on(pki: &Pki, backend: SocketAddr, listen: &str, extra: &[&str]) -> Proc {
+pub(crate) fn server_on(pki: &Pki, backend: SocketAddr, listen: &str, extra: &[&str]) -> Proc {
     let backend = backend.to_string();
     let flags = server_flags(pki);
     let mut args = vec!["--listen", listen, "--backend", &backend];
@@ -282,6 +282,6 @@ pub fn server_on(pki: &Pki, backend: SocketAddr, listen: &str, extra: &[&str]) -
 }
 
 /// Client flags for the test PKI (h2c straight to a server).
-pub fn client_flags(pki: &Pki) -> Vec<String> {
+pub(crate) fn client_flags(pki: &Pki) -> Vec<String> {
     super::client_flags(pki, &[])
 }

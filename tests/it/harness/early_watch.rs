@@ -17,7 +17,7 @@ use tokio::sync::watch;
 const APPLICATION_DATA: u8 = 23;
 
 /// The relay; connections are numbered from 0 in the order they arrive.
-pub struct EarlyWatch {
+pub(crate) struct EarlyWatch {
     /// Where the client dials.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<bool>>>,
@@ -26,7 +26,7 @@ pub struct EarlyWatch {
 impl EarlyWatch {
     /// Relays to `upstream`; on connection `hold` (if any) the server's
     /// bytes wait until the client has sent an encrypted record.
-    pub async fn start(upstream: SocketAddr, hold: Option<usize>) -> EarlyWatch {
+    pub(crate) async fn start(upstream: SocketAddr, hold: Option<usize>) -> EarlyWatch {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -53,7 +53,7 @@ impl EarlyWatch {
 
     /// Per connection so far: whether the client sent an encrypted record
     /// before the server's first byte.
-    pub fn early(&self) -> Vec<bool> {
+    pub(crate) fn early(&self) -> Vec<bool> {
         self.seen.lock().unwrap().clone()
     }
 }

@@ -16,12 +16,12 @@ use super::caddy::free_port;
 use super::{peer, Pki, TempDir};
 
 /// True when `haproxy` runs; otherwise prints a loud skip notice for `test`.
-pub fn installed(test: &str) -> bool {
+pub(crate) fn installed(test: &str) -> bool {
     peer::installed("haproxy", "-v", "haproxy", test)
 }
 
 /// A running HAProxy; killed on drop.
-pub struct HAProxy {
+pub(crate) struct HAProxy {
     _child: Child,
     /// The loopback port HAProxy serves HTTPS on.
     pub port: u16,
@@ -30,7 +30,7 @@ pub struct HAProxy {
 
 /// What HAProxy logged for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Logged {
+pub(crate) struct Logged {
     /// HTTP status HAProxy answered.
     pub status: u16,
     /// Whether the connection resumed a TLS session.
@@ -69,7 +69,7 @@ backend postern
 impl HAProxy {
     /// Starts HAProxy on a fresh port in front of `upstream` (an h2c server),
     /// with the PKI's `front` certificate.
-    pub async fn start(pki: &Pki, upstream: SocketAddr) -> HAProxy {
+    pub(crate) async fn start(pki: &Pki, upstream: SocketAddr) -> HAProxy {
         let dir = TempDir::new("haproxy");
         let chain = std::fs::read_to_string(pki.p("front.pem")).expect("front cert");
         let key = std::fs::read_to_string(pki.p("front-key.pem")).expect("front key");
@@ -88,12 +88,12 @@ impl HAProxy {
     }
 
     /// HAProxy's own log, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path("haproxy.log")).unwrap_or_default()
     }
 
     /// The requests logged so far, in the order they ended.
-    pub fn requests(&self) -> Vec<Logged> {
+    pub(crate) fn requests(&self) -> Vec<Logged> {
         self.log().lines().filter_map(parse).collect()
     }
 }

@@ -11,27 +11,27 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use postern::server::TunnelReport;
-pub use postern::testing::proxy_protocol::{decode as decode_proxy_header, DecodeError};
+pub(crate) use postern::server::TunnelReport;
+pub(crate) use postern::testing::proxy_protocol::{decode as decode_proxy_header, DecodeError};
 
 use super::api::{Config, Connector};
 
 /// The stream of reports of finished tunnels from one server.
-pub type Reports = mpsc::UnboundedReceiver<TunnelReport>;
+pub(crate) type Reports = mpsc::UnboundedReceiver<TunnelReport>;
 
 /// Makes `config` report every finished tunnel to the returned receiver.
-pub fn attach_reports(config: &mut Config) -> Reports {
+pub(crate) fn attach_reports(config: &mut Config) -> Reports {
     postern::testing::tunnel_reports(config)
 }
 
 /// How many h2 connections the client's pool holds.
-pub async fn pool_connections(connector: &Connector) -> usize {
+pub(crate) async fn pool_connections(connector: &Connector) -> usize {
     postern::testing::connections(connector).await
 }
 
 /// Serves the demo front end on `listener` in front of `upstream`; with
 /// `tokens`, like a private Cloud Run service (401/403 without one of them).
-pub fn serve_front(
+pub(crate) fn serve_front(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     upstream: SocketAddr,

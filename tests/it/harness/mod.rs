@@ -2,21 +2,21 @@
 //! and the whole client -> (front end) -> server -> backend stack on
 //! ephemeral loopback ports, configured through the real flag parser.
 
-pub mod api;
-pub mod caddy;
-pub mod child;
-pub mod early_watch;
-pub mod haproxy;
-pub mod hooks;
-pub mod peer;
-pub mod rawh2;
+pub(crate) mod api;
+pub(crate) mod caddy;
+pub(crate) mod child;
+pub(crate) mod early_watch;
+pub(crate) mod haproxy;
+pub(crate) mod hooks;
+pub(crate) mod peer;
+pub(crate) mod rawh2;
 mod stack;
 mod trust;
 
-pub use api::*;
-pub use hooks::*;
-pub use stack::*;
-pub use trust::*;
+pub(crate) use api::*;
+pub(crate) use hooks::*;
+pub(crate) use stack::*;
+pub(crate) use trust::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,14 +30,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound for any single test step: only there to turn a hang into a failure.
-pub const LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const LIMIT: Duration = Duration::from_secs(60);
 
 /// A scratch directory (a [`tempfile::TempDir`], removed on drop) with
 /// the two things the tests do in one: name a file in it, write one.
-pub struct TempDir(tempfile::TempDir);
+pub(crate) struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let dir = tempfile::Builder::new()
             .prefix(&format!("postern-test-{tag}-"))
             .tempdir()
@@ -46,15 +46,15 @@ impl TempDir {
     }
 
     /// The directory itself.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.0.path()
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.path().join(name)
     }
 
-    pub fn write(&self, name: &str, contents: &str) -> String {
+    pub(crate) fn write(&self, name: &str, contents: &str) -> String {
         let p = self.path(name);
         std::fs::write(&p, contents).expect("write fixture");
         p.display().to_string()
@@ -62,15 +62,15 @@ impl TempDir {
 }
 
 /// The certificates of a test: one CA, a server leaf for "localhost", a client leaf.
-pub struct Pki {
+pub(crate) struct Pki {
     pub dir: TempDir,
     pub ca: Ca,
 }
 
-pub const CLIENT_ID: &str = "spiffe://test.postern/client";
+pub(crate) const CLIENT_ID: &str = "spiffe://test.postern/client";
 
 impl Pki {
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = TempDir::new("pki");
         let bundle = pki::bundle(
             &["localhost".into()],
@@ -89,19 +89,19 @@ impl Pki {
         Pki { dir, ca: bundle.ca }
     }
 
-    pub fn p(&self, name: &str) -> String {
+    pub(crate) fn p(&self, name: &str) -> String {
         self.dir.path(name).display().to_string()
     }
 }
 
-pub fn write_pair(dir: &TempDir, name: &str, issued: &Issued) {
+pub(crate) fn write_pair(dir: &TempDir, name: &str, issued: &Issued) {
     dir.write(&format!("{name}.pem"), &issued.cert_pem);
     dir.write(&format!("{name}-key.pem"), &issued.key_pem);
 }
 
 /// What the test backend does with each connection.
 #[derive(Clone, Copy, Debug)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// Echo everything; half-close after the client does.
     Echo,
     /// Read to EOF, then answer with the SHA-256 of what arrived, then close:
@@ -112,13 +112,13 @@ pub enum Backend {
 }
 
 /// A loopback backend that counts the connections it accepts.
-pub struct TestBackend {
+pub(crate) struct TestBackend {
     pub addr: SocketAddr,
     pub accepts: Arc<AtomicUsize>,
 }
 
 impl TestBackend {
-    pub async fn start(kind: Backend) -> TestBackend {
+    pub(crate) async fn start(kind: Backend) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -154,13 +154,13 @@ impl TestBackend {
         TestBackend { addr, accepts }
     }
 
-    pub fn accepts(&self) -> usize {
+    pub(crate) fn accepts(&self) -> usize {
         self.accepts.load(Ordering::SeqCst)
     }
 }
 
 /// An address nothing listens on.
-pub async fn dead_addr() -> SocketAddr {
+pub(crate) async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
 }
@@ -168,7 +168,7 @@ pub async fn dead_addr() -> SocketAddr {
 /// Runs one banner tunnel (h2c, inner mTLS) with the certificate set in
 /// `dir` (ca.pem, server.pem/-key, client.pem/-key, server named localhost);
 /// returns what the app read and the server's report of the tunnel.
-pub async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
+pub(crate) async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
     let p = |f: &str| dir.join(f).display().to_string();
     let backend = TestBackend::start(Backend::Banner).await;
     let shutdown = CancellationToken::new();
@@ -204,7 +204,7 @@ pub async fn banner_with_files(dir: &Path) -> (Vec<u8>, TunnelReport) {
 }
 
 /// An open local connection through the client, checked with one round trip.
-pub async fn open_echo(client: SocketAddr, tag: u64) -> TcpStream {
+pub(crate) async fn open_echo(client: SocketAddr, tag: u64) -> TcpStream {
     let mut sock = TcpStream::connect(client).await.expect("connect client");
     sock.set_nodelay(true).expect("nodelay");
     echo(&mut sock, tag).await;
@@ -212,7 +212,7 @@ pub async fn open_echo(client: SocketAddr, tag: u64) -> TcpStream {
 }
 
 /// Sends a chunk on an open echo tunnel and checks it comes back intact.
-pub async fn echo(sock: &mut TcpStream, seed: u64) {
+pub(crate) async fn echo(sock: &mut TcpStream, seed: u64) {
     let data = random_bytes(64 * 1024, seed);
     let mut back = vec![0u8; data.len()];
     let (mut r, mut w) = sock.split();
@@ -224,7 +224,7 @@ pub async fn echo(sock: &mut TcpStream, seed: u64) {
 }
 
 /// Writes `data` to `addr`, half-closes, and reads everything that comes back.
-pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
     let (mut r, mut w) = sock.split();
@@ -244,7 +244,7 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8
 }
 
 /// Connects to `addr` and reads until the peer closes (EOF or reset).
-pub async fn read_all(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_all(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
     let mut sock = TcpStream::connect(addr).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(LIMIT, sock.read_to_end(&mut buf))
@@ -253,7 +253,7 @@ pub async fn read_all(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     use rand::{RngCore, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut v = vec![0u8; len];
@@ -264,7 +264,12 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// Opens `n` concurrent tunnels to `addr`, tunnel `i` echoing
 /// `size_of(i)` random bytes seeded with `seed + i`, and asserts that each
 /// comes back intact (by SHA-256). Returns how many completed.
-pub async fn echo_many(addr: SocketAddr, n: u64, seed: u64, size_of: fn(u64) -> usize) -> u64 {
+pub(crate) async fn echo_many(
+    addr: SocketAddr,
+    n: u64,
+    seed: u64,
+    size_of: fn(u64) -> usize,
+) -> u64 {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         tasks.spawn(async move {
@@ -282,17 +287,17 @@ pub async fn echo_many(addr: SocketAddr, n: u64, seed: u64, size_of: fn(u64) -> 
     done
 }
 
-pub fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Polls `check` every 20 ms until it holds, for at most [`LIMIT`]; false
 /// if it never did.
-pub async fn poll<F, Fut>(mut check: F) -> bool
+pub(crate) async fn poll<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -311,7 +316,7 @@ where
 /// acknowledged, bytes received and not yet read) of the established IPv4
 /// connection with local port `local` (and remote port `remote`, if
 /// given), from /proc/net/tcp.
-pub fn tcp_queues(local: u16, remote: Option<u16>) -> Option<(u64, u64)> {
+pub(crate) fn tcp_queues(local: u16, remote: Option<u16>) -> Option<(u64, u64)> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
     table.lines().skip(1).find_map(|line| {

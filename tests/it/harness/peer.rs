@@ -13,7 +13,7 @@ use super::LIMIT;
 
 /// True when `bin version_arg` runs; otherwise prints a loud skip notice
 /// for `test`, naming the Debian package that brings `bin`.
-pub fn installed(bin: &str, version_arg: &str, package: &str, test: &str) -> bool {
+pub(crate) fn installed(bin: &str, version_arg: &str, package: &str, test: &str) -> bool {
     let ok = std::process::Command::new(bin)
         .arg(version_arg)
         .stdout(Stdio::null())
@@ -34,7 +34,7 @@ pub fn installed(bin: &str, version_arg: &str, package: &str, test: &str) -> boo
 /// the file `log`, killed when the returned child is dropped, and polls until
 /// it accepts connections on `port`; fails the test with its log if it exits
 /// first or takes too long.
-pub async fn start(name: &str, cmd: &mut Command, log: &Path, port: u16) -> Child {
+pub(crate) async fn start(name: &str, cmd: &mut Command, log: &Path, port: u16) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{name} log: {e}"));
     let mut child = cmd
         .stdin(Stdio::null())

@@ -18,26 +18,26 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-pub const DATA: u8 = 0x0;
-pub const HEADERS: u8 = 0x1;
-pub const RST_STREAM: u8 = 0x3;
-pub const SETTINGS: u8 = 0x4;
-pub const PING: u8 = 0x6;
-pub const GOAWAY: u8 = 0x7;
-pub const WINDOW_UPDATE: u8 = 0x8;
-pub const CONTINUATION: u8 = 0x9;
+pub(crate) const DATA: u8 = 0x0;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const RST_STREAM: u8 = 0x3;
+pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const PING: u8 = 0x6;
+pub(crate) const GOAWAY: u8 = 0x7;
+pub(crate) const WINDOW_UPDATE: u8 = 0x8;
+pub(crate) const CONTINUATION: u8 = 0x9;
 
-pub const END_STREAM: u8 = 0x1;
-pub const ACK: u8 = 0x1;
-pub const END_HEADERS: u8 = 0x4;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
 
-pub const CANCEL: u32 = 0x8;
-pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(crate) const CANCEL: u32 = 0x8;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// One frame: the 9-byte header plus payload.
-pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     assert!(len < 1 << 24, "frame payload too long");
     let mut out = Vec::with_capacity(9 + payload.len());
@@ -72,7 +72,7 @@ fn hpack_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// A header block of literal fields without indexing, new names.
-pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
@@ -83,7 +83,7 @@ pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// The request headers of a tunnel POST to `/`.
-pub fn post_block() -> Vec<u8> {
+pub(crate) fn post_block() -> Vec<u8> {
     header_block(&[
         (":method", "POST"),
         (":scheme", "http"),
@@ -94,7 +94,7 @@ pub fn post_block() -> Vec<u8> {
 
 /// What the server has sent on one connection, as seen by the reader task.
 #[derive(Debug, Default, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Frames received, by type.
     pub frames: HashMap<u8, usize>,
     /// Error code of the server's GOAWAY, if it sent one.
@@ -114,7 +114,7 @@ pub struct Seen {
 }
 
 /// One whole frame at the start of a buffer of frames as they arrive.
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     pub kind: u8,
     pub flags: u8,
     /// The stream id, reserved bit cleared.
@@ -125,7 +125,7 @@ pub struct Frame<'a> {
 impl<'a> Frame<'a> {
     /// The frame `buf` starts with, once all of it is in (its length on
     /// the wire is `9 + payload.len()`).
-    pub fn first(buf: &'a [u8]) -> Option<Frame<'a>> {
+    pub(crate) fn first(buf: &'a [u8]) -> Option<Frame<'a>> {
         let len = u32::from_be_bytes([0, *buf.first()?, *buf.get(1)?, *buf.get(2)?]) as usize;
         let payload = buf.get(9..9 + len)?;
         Some(Frame {
@@ -139,7 +139,7 @@ impl<'a> Frame<'a> {
 
 /// A raw HTTP/2 connection: writes go straight to the socket; a background
 /// task reads and classifies everything the server sends.
-pub struct RawConn {
+pub(crate) struct RawConn {
     pub write: OwnedWriteHalf,
     pub seen: Arc<Mutex<Seen>>,
     changed: watch::Receiver<u64>,
@@ -147,7 +147,7 @@ pub struct RawConn {
 
 impl RawConn {
     /// Connects and sends nothing yet.
-    pub async fn connect(addr: SocketAddr) -> RawConn {
+    pub(crate) async fn connect(addr: SocketAddr) -> RawConn {
         let sock = TcpStream::connect(addr).await.expect("connect to server");
         sock.set_nodelay(true).expect("nodelay");
         let (mut read, write) = sock.into_split();
@@ -215,7 +215,7 @@ impl RawConn {
     }
 
     /// Connects, sends the client preface and an empty SETTINGS frame.
-    pub async fn handshake(addr: SocketAddr) -> RawConn {
+    pub(crate) async fn handshake(addr: SocketAddr) -> RawConn {
         let mut c = RawConn::connect(addr).await;
         c.send(PREFACE).await.expect("preface");
         c.send(&frame(SETTINGS, 0, 0, &[])).await.expect("settings");
@@ -223,17 +223,17 @@ impl RawConn {
     }
 
     /// Writes raw bytes; an error means the server closed the connection.
-    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write.write_all(bytes).await
     }
 
     /// A copy of what has been seen so far.
-    pub fn seen(&self) -> Seen {
+    pub(crate) fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits (bounded by `limit`) until `cond` holds on what has been seen.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &mut self,
         limit: std::time::Duration,
         what: &str,
@@ -264,7 +264,7 @@ impl RawConn {
     }
 
     /// Waits until the server closes the TCP connection.
-    pub async fn wait_closed(&mut self, limit: std::time::Duration, what: &str) -> Seen {
+    pub(crate) async fn wait_closed(&mut self, limit: std::time::Duration, what: &str) -> Seen {
         self.wait_for(limit, what, |s| s.closed).await
     }
 }

@@ -15,14 +15,14 @@ use super::hooks::{self, Reports, TunnelReport};
 use super::{Pki, LIMIT};
 
 /// A loopback listener on an ephemeral port.
-pub async fn bind_local() -> TcpListener {
+pub(crate) async fn bind_local() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback")
 }
 
 /// The usual inner mTLS server flags for `pki`.
-pub fn server_flags(pki: &Pki) -> Vec<String> {
+pub(crate) fn server_flags(pki: &Pki) -> Vec<String> {
     vec![
         "--cert".into(),
         pki.p("server.pem"),
@@ -35,7 +35,7 @@ pub fn server_flags(pki: &Pki) -> Vec<String> {
 
 /// The usual client flags for `pki` (h2c straight to a server), then
 /// `extra`; a flag in `extra` replaces the default one.
-pub fn client_flags(pki: &Pki, extra: &[&str]) -> Vec<String> {
+pub(crate) fn client_flags(pki: &Pki, extra: &[&str]) -> Vec<String> {
     let defaults = [
         ("--cert", pki.p("client.pem")),
         ("--key", pki.p("client-key.pem")),
@@ -52,12 +52,12 @@ pub fn client_flags(pki: &Pki, extra: &[&str]) -> Vec<String> {
 }
 
 /// `&[String]` as `Vec<&str>`, for the flag lists above.
-pub fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
 /// A running in-process server plus what tests look at.
-pub struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     pub config: Arc<Config>,
     pub reports: Reports,
@@ -67,14 +67,14 @@ pub struct Server {
 
 impl Server {
     /// Starts `postern server` with exactly `flags` on an ephemeral loopback port.
-    pub async fn start(flags: &[&str], shutdown: &CancellationToken) -> Server {
+    pub(crate) async fn start(flags: &[&str], shutdown: &CancellationToken) -> Server {
         Self::start_on(bind_local().await, flags, shutdown).await
     }
 
     /// The usual inner-mTLS server for `pki` in front of `backend`, with a
     /// metrics listener, for the tests that read the server's counters; the
     /// second value is the metrics address.
-    pub async fn with_metrics(
+    pub(crate) async fn with_metrics(
         pki: &Pki,
         backend: SocketAddr,
         shutdown: &CancellationToken,
@@ -88,7 +88,7 @@ impl Server {
     }
 
     /// Starts `postern server` with exactly `flags` on `listener`.
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         listener: TcpListener,
         flags: &[&str],
         shutdown: &CancellationToken,
@@ -110,18 +110,18 @@ impl Server {
     }
 
     /// The next finished-tunnel report.
-    pub async fn report(&mut self) -> TunnelReport {
+    pub(crate) async fn report(&mut self) -> TunnelReport {
         next_report(&mut self.reports).await
     }
 
     /// `http://127.0.0.1:PORT{path}`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.addr.port())
     }
 }
 
 /// The next report from `reports`, failing the test after [`LIMIT`].
-pub async fn next_report(reports: &mut Reports) -> TunnelReport {
+pub(crate) async fn next_report(reports: &mut Reports) -> TunnelReport {
     tokio::time::timeout(LIMIT, reports.recv())
         .await
         .expect("timed out waiting for a tunnel report")
@@ -129,7 +129,7 @@ pub async fn next_report(reports: &mut Reports) -> TunnelReport {
 }
 
 /// Starts `postern server` with `--backend backend` and `server_flags`.
-pub async fn start_server(
+pub(crate) async fn start_server(
     backend: SocketAddr,
     server_flags: &[&str],
     shutdown: &CancellationToken,
@@ -142,7 +142,7 @@ pub async fn start_server(
 }
 
 /// The front end's TLS config, from the PKI's `front` pair.
-pub fn front_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
+pub(crate) fn front_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
     let key = pem::load_identity(&pki.dir.path("front.pem"), &pki.dir.path("front-key.pem"))
         .expect("front key");
     tls::outer_server_config(CertSlot::new(key), false).expect("front tls")
@@ -150,7 +150,7 @@ pub fn front_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
 
 /// Starts the TLS-terminating demo front end in front of `upstream`; with
 /// `tokens`, private (401/403 without one of them).
-pub async fn start_front_with(
+pub(crate) async fn start_front_with(
     pki: &Pki,
     upstream: SocketAddr,
     tokens: Option<Vec<String>>,
@@ -163,7 +163,7 @@ pub async fn start_front_with(
 }
 
 /// Starts the TLS-terminating demo front end in front of `upstream`.
-pub async fn start_front(
+pub(crate) async fn start_front(
     pki: &Pki,
     upstream: SocketAddr,
     shutdown: &CancellationToken,
@@ -172,7 +172,7 @@ pub async fn start_front(
 }
 
 /// Starts `postern client` for `url` with `client_flags`.
-pub async fn start_client(
+pub(crate) async fn start_client(
     url: &str,
     client_flags: &[&str],
     shutdown: &CancellationToken,
@@ -183,7 +183,7 @@ pub async fn start_client(
 /// Starts `postern client` for an `https://` `url` whose front end has the
 /// PKI's `front` certificate, one stream per connection (so a tunnel opened
 /// while another is open dials a connection of its own), plus `extra`.
-pub async fn start_client_one_stream_each(
+pub(crate) async fn start_client_one_stream_each(
     pki: &Pki,
     url: &str,
     extra: &[&str],
@@ -196,7 +196,7 @@ pub async fn start_client_one_stream_each(
 
 /// Starts `postern client` for an `https://` `url` whose front end has the
 /// PKI's `front` certificate (`--tls-ca`), plus `extra`.
-pub async fn start_client_trusting_front(
+pub(crate) async fn start_client_trusting_front(
     pki: &Pki,
     url: &str,
     extra: &[&str],
@@ -209,7 +209,7 @@ pub async fn start_client_trusting_front(
 }
 
 /// Like [`start_client`], keeping a handle on the forward (and so its pool).
-pub async fn start_client_with_pool(
+pub(crate) async fn start_client_with_pool(
     url: &str,
     client_flags: &[&str],
     shutdown: &CancellationToken,
@@ -222,7 +222,7 @@ pub async fn start_client_with_pool(
 }
 
 /// Serves an already-built forward on a loopback port.
-pub async fn start_forward(
+pub(crate) async fn start_forward(
     forward: Arc<client::Forward>,
     shutdown: &CancellationToken,
 ) -> SocketAddr {
@@ -234,7 +234,7 @@ pub async fn start_forward(
 
 /// Which front end a [`Stack`] puts between client and server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Front {
+pub(crate) enum Front {
     /// Client straight to the server over h2c.
     None,
     /// The demo front end (TLS, ALPN h2).
@@ -244,7 +244,7 @@ pub enum Front {
 }
 
 /// A running server (and optionally front end) plus a client pointed at it.
-pub struct Stack {
+pub(crate) struct Stack {
     pub client: SocketAddr,
     /// The `postern server` (h2c) behind any front end.
     pub server: SocketAddr,
@@ -261,23 +261,23 @@ impl Drop for Stack {
 
 impl Stack {
     /// The full path with inner mTLS: client -> front end (TLS) -> h2c server -> backend.
-    pub async fn via_front(pki: &Pki, backend: SocketAddr) -> Stack {
+    pub(crate) async fn via_front(pki: &Pki, backend: SocketAddr) -> Stack {
         Self::build(pki, backend, Front::Ours, &[]).await
     }
 
     /// Client straight to the server over h2c (no front end).
-    pub async fn direct(pki: &Pki, backend: SocketAddr) -> Stack {
+    pub(crate) async fn direct(pki: &Pki, backend: SocketAddr) -> Stack {
         Self::build(pki, backend, Front::None, &[]).await
     }
 
     /// The full path through Caddy (callers check [`super::caddy::installed`] first).
-    pub async fn via_caddy(pki: &Pki, backend: SocketAddr, extra_client: &[&str]) -> Stack {
+    pub(crate) async fn via_caddy(pki: &Pki, backend: SocketAddr, extra_client: &[&str]) -> Stack {
         Self::build(pki, backend, Front::Caddy, extra_client).await
     }
 
     /// Server with inner mTLS, `front`, and a client with the usual flags
     /// plus `extra_client` (which may override the defaults).
-    pub async fn build(
+    pub(crate) async fn build(
         pki: &Pki,
         backend: SocketAddr,
         front: Front,
@@ -314,7 +314,7 @@ impl Stack {
     }
 
     /// The next finished-tunnel report from the server.
-    pub async fn report(&mut self) -> TunnelReport {
+    pub(crate) async fn report(&mut self) -> TunnelReport {
         next_report(&mut self.reports).await
     }
 }

@@ -17,7 +17,7 @@ use super::{round_trip, start_forward, Pki, LIMIT};
 
 /// An inner client config presenting `issued` (no validity check, so expired
 /// and not-yet-valid certificates can be presented), or no certificate.
-pub fn raw_client_config(pki: &Pki, issued: Option<&Issued>) -> Arc<rustls::ClientConfig> {
+pub(crate) fn raw_client_config(pki: &Pki, issued: Option<&Issued>) -> Arc<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -38,7 +38,7 @@ pub fn raw_client_config(pki: &Pki, issued: Option<&Issued>) -> Arc<rustls::Clie
 }
 
 /// Serves a hand-built inner client config as a local forward to `url`.
-pub async fn raw_client(
+pub(crate) async fn raw_client(
     url: &str,
     config: Arc<rustls::ClientConfig>,
     shutdown: &CancellationToken,
@@ -66,7 +66,7 @@ pub async fn raw_client(
 /// handshake, so the test can see the server's certificate and keep the
 /// tunnel open as long as it likes.
 /// Keep the returned connector alive as long as the tunnel.
-pub async fn open_inner(url: &str, pki: &Pki) -> (Connector, TlsStream<H2Stream>) {
+pub(crate) async fn open_inner(url: &str, pki: &Pki) -> (Connector, TlsStream<H2Stream>) {
     let connector = Connector::new(Target::parse(url).expect("url"), None, 1, None, LIMIT);
     let stream = connector.open(&Default::default()).await.expect("open");
     let client = pki.dir.path("client.pem");
@@ -87,12 +87,12 @@ pub async fn open_inner(url: &str, pki: &Pki) -> (Connector, TlsStream<H2Stream>
 }
 
 /// The DER of the first certificate in `pem`.
-pub fn leaf_der(pem: &str) -> CertificateDer<'static> {
+pub(crate) fn leaf_der(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem cert")
 }
 
 /// Replaces `name` in `dir` atomically (write + rename), as secret mounts do.
-pub fn replace_file(pki: &Pki, name: &str, contents: &str) {
+pub(crate) fn replace_file(pki: &Pki, name: &str, contents: &str) {
     let tmp = pki.dir.path(&format!(".{name}.tmp"));
     std::fs::write(&tmp, contents).expect("write");
     std::fs::rename(&tmp, pki.dir.path(name)).expect("rename");
@@ -100,7 +100,7 @@ pub fn replace_file(pki: &Pki, name: &str, contents: &str) {
 
 /// Sends a probe and expects the tunnel to be refused: no reply, closed
 /// (EOF or reset), not left hanging.
-pub async fn assert_refused(client: SocketAddr) {
+pub(crate) async fn assert_refused(client: SocketAddr) {
     match round_trip(client, b"must not reach the backend").await {
         Ok(bytes) => assert!(bytes.is_empty(), "refused tunnel returned data: {bytes:?}"),
         Err(e) => assert!(
@@ -111,7 +111,7 @@ pub async fn assert_refused(client: SocketAddr) {
 }
 
 /// `GET /metrics` over plain HTTP/1.1; returns the body.
-pub async fn scrape(addr: SocketAddr) -> String {
+pub(crate) async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::AsyncWriteExt;
     let mut sock = TcpStream::connect(addr).await.expect("connect metrics");
     sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -128,7 +128,7 @@ pub async fn scrape(addr: SocketAddr) -> String {
 }
 
 /// The value of the sample `name{labels}` (exact text before the value).
-pub fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let (k, v) = l.rsplit_once(' ')?;
         (k == series).then(|| v.parse().ok()).flatten()
@@ -136,7 +136,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Resumes the server behind `metrics` has accepted so far.
-pub async fn accepted_resumes(metrics: SocketAddr) -> f64 {
+pub(crate) async fn accepted_resumes(metrics: SocketAddr) -> f64 {
     sample(
         &scrape(metrics).await,
         "postern_resumes_total{result=\"accepted\",reason=\"ok\"}",
