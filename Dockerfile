@@ -49,12 +49,6 @@ COPY --from=builder /build/target/release/postern /postern
 
 # Cloud Run sets PORT; the server listens on 0.0.0.0:$PORT (8080 if unset).
 ENV POSTERN_BACKEND=builtin:banner
-# glibc keeps freed session buffers in its heaps: 500 tunnels that sent and
-# never read left the server at 332 MiB after they all ended (budget 256),
-# 112 MiB with buffers of 32 KiB and more mapped on their own and heaps
-# trimmed past 128 KiB; the peak fell too, 440 -> 361 MiB (docs/cloud-run.md,
-# "Sizing an instance"). An environment tunable: the code stays safe Rust.
-ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=32768:glibc.malloc.trim_threshold=131072
 EXPOSE 8080
 USER 65532:65532
 ENTRYPOINT ["/postern"]

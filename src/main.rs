@@ -7,8 +7,19 @@ use std::time::Duration;
 use clap::Parser;
 use postern::cmd::{self, Cli, Command, LogFormat};
 
+/// jemalloc, with its background thread, gives the buffers of ended tunnels
+/// back to the OS within seconds; glibc's malloc kept hundreds of MiB after
+/// a burst of slow readers until the process exited.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Purge freed pages on jemalloc's own thread, whether or not the
+    // workers that freed them allocate again (they may sit idle).
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: jemalloc's background thread: {e}");
+    }
     if matches!(
         cli.command,
         Command::Server(_) | Command::Client(_) | Command::Bench(_)
