@@ -339,3 +339,99 @@ async fn refused_resumes_name_the_peer_and_do_not_flood_the_log() {
         lines.len()
     );
 }
+
+/// Streams whose ClientHello the server answered and which the client then
+/// resets leave nothing behind: identical rounds of them plateau.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_handshakes_leave_nothing_behind() {
+    /// Session streams per round, on `CONNECTIONS` connections at once, each
+    /// taking `HANDSHAKES` at a time (the server's cap).
+    const PER_ROUND: usize = 1000;
+    const CONNECTIONS: usize = 4;
+    const ROUNDS: usize = 9;
+    /// Rounds before the measured ones: the allocator's arenas and the
+    /// server's tables reach their working size.
+    const WARM: usize = 3;
+    /// Growth allowed over the measured rounds (a leak of 7 KiB per stream
+    /// is about 7 MiB per round, 42 MiB over six rounds).
+    const GROWTH_KIB: u64 = 12 * 1024;
+
+    let pki = Pki::new();
+    let backend = TestBackend::start(Backend::Echo).await;
+    let server = child::server(&pki, backend.addr, &[]);
+    let shutdown = CancellationToken::new();
+    warm_up(&server, &pki, &shutdown).await;
+    let mut framed = BytesMut::new();
+    session_data(&mut framed, 0, &client_hello(&pki));
+    let hello = framed.freeze();
+
+    let mut rss = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut connections = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let (addr, hello) = (server.addr, hello.clone());
+            connections.push(tokio::spawn(async move {
+                answered_then_reset(addr, hello, PER_ROUND / CONNECTIONS).await
+            }));
+        }
+        for c in connections {
+            let answered = c.await.expect("connection task");
+            assert_eq!(answered, PER_ROUND / CONNECTIONS, "ServerHellos answered");
+        }
+        // Until the server has let go of the round's connections.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss.push(server.rss_kib());
+    }
+    eprintln!("server RSS after each round of {PER_ROUND} reset handshakes: {rss:?} KiB");
+    let settled = rss[WARM - 1];
+    let last = *rss[WARM..].iter().max().unwrap();
+    assert!(
+        last.saturating_sub(settled) <= GROWTH_KIB,
+        "RSS grew from {settled} KiB to {last} KiB over {} identical rounds: {rss:?}",
+        ROUNDS - WARM
+    );
+    // Nothing of it reached the backend: only the warm-up tunnel did.
+    assert_eq!(backend.accepts(), 1);
+    shutdown.cancel();
+}
+
+/// On one connection, `n` session streams in batches of the server's
+/// handshake cap: each sends a ClientHello, waits for the server's first
+/// flight (so the server has processed it), then resets. Returns how many
+/// were answered.
+async fn answered_then_reset(addr: SocketAddr, hello: Bytes, n: usize) -> usize {
+    let sock = TcpStream::connect(addr).await.expect("connect");
+    let (mut client, conn) = h2::client::handshake(sock).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut answered = 0;
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(HANDSHAKES);
+        left -= batch;
+        let mut streams = Vec::new();
+        for _ in 0..batch {
+            client = client.ready().await.expect("h2 ready");
+            let (head, mut send) = client
+                .send_request(tunnel_request(true), false)
+                .expect("POST");
+            send.send_data(hello.clone(), false).expect("hello");
+            streams.push((head, send));
+        }
+        for (head, send) in streams {
+            let first = tokio::time::timeout(LIMIT, async {
+                let mut body = head.await.ok()?.into_body();
+                body.data().await?.ok()
+            })
+            .await
+            .expect("the server's first flight timed out");
+            if first.is_some_and(|b| !b.is_empty()) {
+                answered += 1;
+            }
+            // Dropping both halves resets the stream (RST_STREAM CANCEL).
+            drop(send);
+        }
+    }
+    answered
+}
