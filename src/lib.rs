@@ -95,6 +95,7 @@ pub mod bench;
 pub mod client;
 pub mod cmd;
 pub mod demo;
+pub mod destination;
 pub mod doctor;
 pub mod duration;
 pub mod logging;
