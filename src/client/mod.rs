@@ -269,7 +269,7 @@ impl Forward {
 
     /// One tunnel asking for `ask`'s destination (`None`: the route's
     /// backend), and its session's counts.
-    pub(super) async fn carry_to<L>(
+    pub(crate) async fn carry_to<L>(
         &self,
         local: &mut L,
         ask: Option<&Ask<'_>>,

@@ -74,7 +74,12 @@ impl Host {
 /// A server whose config has one route (to a dead backend: nothing here
 /// should reach it) and `destinations`, a TOML `[destinations]` body.
 fn start_server(pki: &Pki, dir: &TempDir, destinations: Option<&str>) -> Proc {
-    let mut text = "[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:9\"\n".to_owned();
+    start_server_to(pki, dir, "127.0.0.1:9", destinations)
+}
+
+/// [`start_server`] with the route's backend at `backend`.
+fn start_server_to(pki: &Pki, dir: &TempDir, backend: &str, destinations: Option<&str>) -> Proc {
+    let mut text = format!("[[route]]\npath = \"/\"\nbackend = \"{backend}\"\n");
     if let Some(d) = destinations {
         text.push_str("\n[destinations]\n");
         text.push_str(d);
@@ -652,4 +657,55 @@ async fn a_socks_tunnel_survives_caddy_killed_and_the_front_end_never_sees_the_d
             "the front end saw the destination: {seen}"
         );
     }
+}
+
+#[tokio::test]
+async fn doctor_to_shows_the_decision_and_whether_the_server_reaches_it() {
+    let pki = Pki::new();
+    let dir = TempDir::new("dest");
+    let x = host("127.0.0.2", false).await;
+    // The route's own backend, for doctor's steps before this one.
+    let echo = TestBackend::start(Backend::Echo).await;
+    let server = start_server_to(
+        &pki,
+        &dir,
+        &echo.addr.to_string(),
+        Some(&rule(x.addr.port(), "")),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let front = start_front(&pki, server.addr, &shutdown).await;
+    let url = format!("https://localhost:{}/", front.port());
+    let doctor = |to: String| {
+        let flags = client_flags(&pki, &["--tls-ca", &pki.p("ca.pem"), "--to", &to]);
+        let url = url.clone();
+        async move {
+            let out = tokio::time::timeout(
+                LIMIT,
+                Command::new(env!("CARGO_BIN_EXE_postern"))
+                    .args(["doctor", "--url", &url])
+                    .args(&flags)
+                    .output(),
+            )
+            .await
+            .expect("doctor hung")
+            .expect("doctor ran");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (ok, out) = doctor(format!("web.test:{}", x.addr.port())).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("allowed, the server connected {}", x.addr)),
+        "{out}"
+    );
+    let (ok, out) = doctor(format!("127.0.0.3:{}", x.addr.port())).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("[FAIL] destination") && out.contains("not_allowed"),
+        "{out}"
+    );
+    shutdown.cancel();
 }
