@@ -709,3 +709,33 @@ async fn doctor_to_shows_the_decision_and_whether_the_server_reaches_it() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_the_rule_refuses_new_tunnels_and_keeps_open_ones() {
+    let pki = Pki::new();
+    let dir = TempDir::new("dest");
+    let x = host("127.0.0.2", false).await;
+    let server = start_server(&pki, &dir, Some(&rule(x.addr.port(), "")));
+    let proxy = client(&pki, &url(&server), &["--socks5", "0"]);
+    let (code, mut open) = socks(proxy.addr, 1, &ipv4([127, 0, 0, 2]), x.addr.port()).await;
+    assert_eq!(code, Some(0));
+    echo(&mut open, 1).await;
+    // The same file, its rule gone.
+    dir.write(
+        "postern.toml",
+        "[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:9\"\n\n[destinations]\n",
+    );
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let reloaded = server
+        .wait_log_lines("reloaded certificates and routes")
+        .await;
+    assert!(!reloaded.is_empty(), "{}", server.log_text());
+    let (code, _) = socks(proxy.addr, 1, &ipv4([127, 0, 0, 2]), x.addr.port()).await;
+    assert_eq!(code, Some(0x02), "a new tunnel is refused after the reload");
+    echo(&mut open, 2).await;
+    assert_eq!(x.accepts(), 1, "the open tunnel kept its connection");
+}
