@@ -10,6 +10,8 @@
 //!                                                     --no-resume)
 //!   ══ front end (Cloud Run, or demo::front) ══ h2c ══▶
 //! server::serve ─▶ server::request ─▶ server::tunnel ─────────────────▶ transport::splice ─TCP─▶ backend
+//!                                     (or server::destination: the client's named destination,
+//!                                      checked by destination::policy, dialled by destination::dial)
 //! (accept loop,     (healthz, 404/405,  (answer 200, the session, inner    (bidirectional copy
 //!  h2 connections,   limits)             TLS server, identity checked in    with half-close)
 //!  drain)                                the verifier, then the backend)
@@ -58,11 +60,20 @@
 //!   `pem` (loading and checking PEM files).
 //! - [`authz`]: `identity` (the peer's verified identity), `pattern`
 //!   (identity patterns), `allow` (allow-lists).
+//! - `destination`: destinations chosen per tunnel, shared by both
+//!   sides — `wire` (the request and answer inside the inner TLS, ALPN
+//!   `postern-dest/1`), `policy` (`[destinations]`: rules by identity,
+//!   ranges, names, ports; one lookup, every answer checked), `net` (CIDR
+//!   ranges), `deny` (the built-in deny list and the spellings it sees
+//!   through), `gate` (per-identity limits, kept across reloads), `dial`
+//!   (Happy Eyeballs under the dial timeout).
 //! - [`server`]: `args`, `config`, `serve` (connections and drain),
 //!   `request` (dispatch), `reply`, `tunnel` (one tunnel from the `200` to
 //!   the backend), `report` (its summary line), `watchdog` (idle timeout,
 //!   lifetime), `routes` and `config_file` (routing by path and SNI),
-//!   `reload` (material swapped on SIGHUP or file change), `metrics`,
+//!   `reload` (material swapped on SIGHUP or file change), `destination`
+//!   (a tunnel that names its destination: request, policy, limits, dial,
+//!   answer, then the copy), `metrics`,
 //!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends),
 //!   `windows` (receive windows earned by authentication, the buffer
 //!   budget), `resume` (resume requests).
@@ -73,7 +84,10 @@
 //!   `token/` (Google ID tokens: sources, cache, metadata server, command,
 //!   service-account keys and impersonation), `resume` (asking for a session,
 //!   cookies, moving a session to a new stream), `stdio` (`--stdio`: one
-//!   tunnel over stdin/stdout, drained on SIGHUP/SIGTERM/SIGINT).
+//!   tunnel over stdin/stdout, drained on SIGHUP/SIGTERM/SIGINT),
+//!   `destination` (a tunnel's destination request and the wait for its
+//!   answer), `socks5` (`--socks5`) and `http_connect` (`--http-proxy`),
+//!   the listeners whose clients name their own.
 //! - [`pki`]: certificate issuance (rcgen) — `ca`, `leaf`, `crl`, `files`
 //!   (0600 key files and the flags that use a certificate directory) — for
 //!   `postern certs`, the demo, the bench and the tests.
@@ -89,9 +103,9 @@
 //!   hooks for Postern's own tests and fuzz targets, compiled only with the
 //!   `testing` feature (their dev-dependency on Postern turns it on).
 //!
-//! `transport`, `session`, `duration` and `signal` are the crate's own; the
-//! public surface is the commands and what embeds them (`server`, `client`,
-//! `tls`, `pki`, `authz`, `cmd`, the tools).
+//! `transport`, `session`, `destination`, `duration` and `signal` are the
+//! crate's own; the public surface is the commands and what embeds them
+//! (`server`, `client`, `tls`, `pki`, `authz`, `cmd`, the tools).
 
 #![forbid(unsafe_code)]
 // `unreachable_pub` checks the surface with the test hooks in (the build
@@ -104,6 +118,7 @@ pub mod bench;
 pub mod client;
 pub mod cmd;
 pub mod demo;
+pub(crate) mod destination;
 pub mod doctor;
 pub(crate) mod duration;
 pub mod logging;

@@ -50,6 +50,9 @@ pub enum Scenario {
     /// cut to data flowing again, and the slowest echo while the session
     /// moves to fresh requests.
     Resume,
+    /// Destinations: first byte through `--socks5` against a fixed `--to`
+    /// forward at the RTT, and new SOCKS5 tunnels per second.
+    Destinations,
     /// RSS per idle tunnel in each process, in a client and server started
     /// for it (last: it leaves thousands of tunnels closing).
     Memory,

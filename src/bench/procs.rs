@@ -100,6 +100,37 @@ impl Proc {
         Self::start(name, pki, &args, "client forwarding", "listen").await
     }
 
+    /// Starts `postern client` with exactly `args` after the subcommand
+    /// and the certificate flags; ready once it logs its first listener.
+    pub(super) async fn client_args(
+        name: &str,
+        pki: &Pki,
+        args: &[String],
+    ) -> anyhow::Result<Proc> {
+        let mut all = vec!["client".to_owned()];
+        all.extend(args.iter().cloned());
+        all.extend(pki.certs.client_flags());
+        Self::start(name, pki, &all, "client forwarding", "listen").await
+    }
+
+    /// Starts `postern server --config FILE` (written into the certificate
+    /// directory from `toml`).
+    pub(super) async fn server_config(name: &str, pki: &Pki, toml: &str) -> anyhow::Result<Proc> {
+        let path = pki.certs.dir().join(format!("{name}.toml"));
+        std::fs::write(&path, toml).with_context(|| path.display().to_string())?;
+        let mut args = vec![
+            "server".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--config".into(),
+            path.display().to_string(),
+            "--drain-timeout".into(),
+            "1".into(),
+        ];
+        args.extend(pki.certs.server_flags(true));
+        Self::start(name, pki, &args, "server listening", "addr").await
+    }
+
     async fn start(
         name: &str,
         pki: &Pki,

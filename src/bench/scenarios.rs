@@ -18,6 +18,7 @@ use super::report::{quantile, Report, Row};
 use super::{relay, traffic, Scenario, Sizes};
 
 mod beside;
+mod destinations;
 mod resume;
 
 /// The running topology shared by the scenarios.
@@ -94,6 +95,7 @@ pub(super) async fn run_all(
             Scenario::RttBulk => rtt_bulk(&env, report).await,
             Scenario::Fairness => fairness(&env, report).await,
             Scenario::Resume => resume::resume(&env, report).await,
+            Scenario::Destinations => destinations::destinations(&env, report).await,
             Scenario::Memory => memory(&env, report).await,
         };
         result.with_context(|| {

@@ -13,6 +13,7 @@ use super::connector::Connector;
 use super::forward::{Forward, ResumePolicy};
 use super::target::Target;
 use super::token::{IdTokens, TokenSource};
+use crate::destination::Destination;
 use crate::duration::{parse_duration, parse_interval};
 use crate::tls::{self, pem, CertSlot};
 use crate::transport::busy_poll;
@@ -26,12 +27,29 @@ pub struct Args {
     /// Service URL: `https://HOST[:PORT][/PATH]`, or `http://…` for h2c.
     #[arg(long, env = "POSTERN_URL")]
     pub url: Option<String>,
-    /// More forwards, each LOCAL_ADDR=URL; repeatable.
-    #[arg(long = "forward", value_name = "LOCAL_ADDR=URL")]
+    /// More forwards, each LOCAL_ADDR=URL, or LOCAL_ADDR=URL,to=HOST:PORT
+    /// for a fixed destination; repeatable.
+    #[arg(long = "forward", value_name = "LOCAL_ADDR=URL[,to=HOST:PORT]")]
     pub forwards: Vec<String>,
     /// Tunnel stdin/stdout instead of listening (for ssh ProxyCommand).
-    #[arg(long, requires = "url", conflicts_with_all = ["listen", "forwards"])]
+    #[arg(long, requires = "url", conflicts_with_all = ["listen", "forwards", "socks5", "http_proxy"])]
     pub stdio: bool,
+    /// The destination the server connects for --listen or --stdio
+    /// tunnels, instead of the route's backend: `HOST:PORT`, `[IPV6]:PORT`
+    /// (the server resolves names and checks its destination policy), e.g.
+    /// `--stdio --to %h:%p` in ssh's ProxyCommand.
+    #[arg(long, value_name = "HOST:PORT", requires = "url", value_parser = parse_destination)]
+    pub to: Option<Destination>,
+    /// A SOCKS5 listener (CONNECT, no authentication; names resolved by
+    /// the server) for --url: `PORT` (on 127.0.0.1) or `ADDR:PORT`. Anyone
+    /// who can reach it tunnels as this client's identity.
+    #[arg(long, value_name = "[ADDR:]PORT", requires = "url", value_parser = parse_listen)]
+    pub socks5: Option<SocketAddr>,
+    /// An HTTP CONNECT proxy listener for --url (curl -x, git, browsers):
+    /// `PORT` (on 127.0.0.1) or `ADDR:PORT`. Anyone who can reach it
+    /// tunnels as this client's identity.
+    #[arg(long, value_name = "[ADDR:]PORT", requires = "url", value_parser = parse_listen)]
+    pub http_proxy: Option<SocketAddr>,
     /// Inner TLS client certificate chain (PEM).
     #[arg(long, env = "POSTERN_CERT", required_unless_present = "no_inner_tls")]
     pub cert: Option<PathBuf>,
@@ -59,7 +77,7 @@ pub struct Args {
     #[arg(long)]
     pub no_early_data: bool,
     /// Leave out the inner TLS (plain tunnel).
-    #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
+    #[arg(long, conflicts_with_all = ["cert", "key", "ca", "to", "socks5", "http_proxy"])]
     pub no_inner_tls: bool,
     /// Send a Google ID token (private Cloud Run services): `metadata`
     /// (on Google Cloud), `metadata=HOST:PORT`, `adc` (Application Default
@@ -190,6 +208,8 @@ impl Forward {
         Ok(Forward {
             connector: Arc::new(connector),
             inner,
+            inner_dest: None,
+            destinations: Default::default(),
             headers: parse_headers(&args.headers)?,
             tokens,
             handshake_timeout: timeout,
@@ -207,6 +227,40 @@ impl Forward {
             }),
         })
     }
+}
+
+/// `HOST:PORT` for `--to`.
+fn parse_destination(s: &str) -> Result<Destination, String> {
+    s.parse()
+}
+
+/// `PORT` (loopback) or `ADDR:PORT`.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected PORT or ADDR:PORT"))
+}
+
+/// A `--forward` value: `LOCAL_ADDR=URL[,to=HOST:PORT]`.
+pub(super) fn parse_forward(f: &str) -> anyhow::Result<(SocketAddr, String, Option<Destination>)> {
+    let (local, rest) = f
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--forward {f:?}: expected LOCAL_ADDR=URL"))?;
+    let local: SocketAddr = local
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--forward {f:?}: {local:?} is not an address"))?;
+    let (url, to) = match rest.split_once(",to=") {
+        Some((url, to)) => {
+            let to = to
+                .parse::<Destination>()
+                .map_err(|e| anyhow::anyhow!("--forward {f:?}: to={e}"))?;
+            (url, Some(to))
+        }
+        None => (rest, None),
+    };
+    Ok((local, url.to_owned(), to))
 }
 
 fn mib(n: u64) -> usize {

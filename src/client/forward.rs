@@ -18,6 +18,11 @@ pub struct Forward {
     pub connector: Arc<Connector>,
     /// Inner mTLS config and the name to verify, unless --no-inner-tls.
     pub inner: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// The same inner config offering the destination ALPN, for tunnels
+    /// that name a destination (built with [`Forward::with_destinations`]).
+    pub inner_dest: Option<Arc<rustls::ClientConfig>>,
+    /// What its tunnels ask the server for.
+    pub destinations: Destinations,
     /// Headers added to every tunnel request.
     pub headers: HeaderMap,
     /// ID tokens for the `authorization` header, if the service is private.
@@ -41,6 +46,8 @@ impl Forward {
         Forward {
             connector: Arc::new(self.connector.sibling()),
             inner: self.inner.clone(),
+            inner_dest: self.inner_dest.clone(),
+            destinations: self.destinations.clone(),
             headers: self.headers.clone(),
             tokens: self.tokens.clone(),
             handshake_timeout: self.handshake_timeout,
@@ -48,6 +55,19 @@ impl Forward {
             busy_poll: self.busy_poll,
             resume: self.resume.clone(),
         }
+    }
+
+    /// The same forward, able to name destinations (its inner TLS offers
+    /// the destination ALPN when a tunnel does), asking as `destinations` says. Fails without inner TLS, which has nowhere to say it.
+    pub fn with_destinations(mut self, destinations: Destinations) -> anyhow::Result<Forward> {
+        let Some((config, _)) = &self.inner else {
+            anyhow::bail!("--no-inner-tls: a plain tunnel cannot name a destination (--to, --socks5, --http-proxy need the inner TLS)");
+        };
+        let mut with_alpn = (**config).clone();
+        with_alpn.alpn_protocols = vec![crate::destination::wire::ALPN.to_vec()];
+        self.inner_dest = Some(Arc::new(with_alpn));
+        self.destinations = destinations;
+        Ok(self)
     }
 
     /// The headers of every request of a tunnel: the configured ones and a
@@ -60,6 +80,20 @@ impl Forward {
         }
         Ok(headers)
     }
+}
+
+/// What a forward's tunnels ask the server for.
+#[derive(Debug, Clone, Default)]
+pub enum Destinations {
+    /// The route's backend, as every tunnel did before destinations.
+    #[default]
+    Route,
+    /// One fixed destination (`--to`, `--forward …,to=`).
+    To(crate::destination::Destination),
+    /// Each local connection is a SOCKS5 client naming its own (`--socks5`).
+    Socks5,
+    /// Each local connection is an HTTP CONNECT client (`--http-proxy`).
+    HttpConnect,
 }
 
 /// Resume settings of a forward.

@@ -5,22 +5,25 @@
 
 mod args;
 mod connector;
+mod destination;
 mod forward;
+mod http_connect;
 mod resolve;
 pub(crate) mod resume;
+mod socks5;
 mod stdio;
 mod target;
 mod token;
 
 pub use args::Args;
 pub use connector::{Connector, OpenError};
-pub use forward::{Forward, ResumePolicy};
+pub use destination::Ask;
+pub use forward::{Destinations, Forward, ResumePolicy};
 pub use stdio::stdio;
 pub use target::Target;
 pub(crate) use token::{default_metadata_host, metadata_project_id};
 pub use token::{Caller, IdTokens, ServiceAccount, TokenError, TokenSource};
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,38 +46,70 @@ use crate::transport::workers::Workers;
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.stdio {
         let url = args.url.as_deref().unwrap_or_default();
-        let forward = Forward::from_args(&args, url)?;
+        let mut forward = Forward::from_args(&args, url)?;
+        if let Some(to) = &args.to {
+            forward = forward.with_destinations(Destinations::To(to.clone()))?;
+        }
         let shutdown = crate::signal::shutdown_or_hangup_token();
         return stdio(&forward, shutdown, args.drain_timeout).await;
     }
     let mut pairs = Vec::new();
     if let (Some(listen), Some(url)) = (args.listen, &args.url) {
-        pairs.push((listen, url.clone()));
+        let asks = args
+            .to
+            .clone()
+            .map_or(Destinations::Route, Destinations::To);
+        pairs.push((listen, url.clone(), asks));
+    } else if args.to.is_some() {
+        anyhow::bail!(
+            "--to goes with --listen or --stdio (a --forward takes LOCAL=URL,to=HOST:PORT)"
+        );
     }
     for f in &args.forwards {
-        let (local, url) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--forward {f:?}: expected LOCAL_ADDR=URL"))?;
-        let local: SocketAddr = local
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--forward {f:?}: {local:?} is not an address"))?;
-        pairs.push((local, url.to_owned()));
+        let (local, url, to) = args::parse_forward(f)?;
+        pairs.push((local, url, to.map_or(Destinations::Route, Destinations::To)));
+    }
+    for (flag, listen, asks) in [
+        ("--socks5", args.socks5, Destinations::Socks5),
+        ("--http-proxy", args.http_proxy, Destinations::HttpConnect),
+    ] {
+        let (Some(listen), Some(url)) = (listen, &args.url) else {
+            continue;
+        };
+        if !listen.ip().is_loopback() {
+            warn!(
+                listen = %listen,
+                "{flag} listens beyond this machine: anyone who can reach {listen} tunnels with this client's identity and reaches whatever the server's policy lets that identity reach"
+            );
+        }
+        pairs.push((listen, url.clone(), asks));
     }
     if pairs.is_empty() {
         anyhow::bail!(
-            "nothing to do: give --listen and --url, --forward LOCAL=URL, or --stdio --url"
+            "nothing to do: give --listen and --url, --forward LOCAL=URL, --socks5, --http-proxy, or --stdio --url"
         );
     }
     let shutdown = crate::signal::shutdown_token();
     let mut tasks = tokio::task::JoinSet::new();
-    for (local, url) in pairs {
-        let forward = Arc::new(Forward::from_args(&args, &url)?);
+    for (local, url, asks) in pairs {
+        let kind = match &asks {
+            Destinations::Route => "forward".to_owned(),
+            Destinations::To(d) => format!("forward to {d}"),
+            Destinations::Socks5 => "SOCKS5".to_owned(),
+            Destinations::HttpConnect => "HTTP CONNECT proxy".to_owned(),
+        };
+        let mut forward = Forward::from_args(&args, &url)?;
+        if !matches!(asks, Destinations::Route) {
+            forward = forward.with_destinations(asks)?;
+        }
+        let forward = Arc::new(forward);
         let listener = TcpListener::bind(local)
             .await
             .with_context(|| format!("cannot listen on {local}"))?;
         info!(
             listen = %listener.local_addr()?,
             %url,
+            kind,
             record_ciphers = crate::tls::RecordCiphers::here().name(),
             "client forwarding"
         );
@@ -170,8 +205,15 @@ impl Forward {
     async fn handle(&self, mut sock: TcpStream, hard_stop: &CancellationToken) {
         let _ = sock.set_nodelay(true);
         let started = Instant::now();
+        let local = async {
+            match self.destinations {
+                Destinations::Socks5 => socks5::serve(self, &mut sock).await,
+                Destinations::HttpConnect => http_connect::serve(self, &mut sock).await,
+                _ => self.carry(&mut sock).await,
+            }
+        };
         let outcome = tokio::select! {
-            r = self.carry(&mut sock) => r,
+            r = local => r,
             _ = hard_stop.cancelled() => (Err(anyhow::anyhow!("closed at the end of the drain")), Stats::default()),
         };
         let (result, totals, stats) = match outcome {
@@ -204,7 +246,8 @@ impl Forward {
         }
     }
 
-    /// Carries one local byte stream through a new tunnel until both directions end.
+    /// Carries one local byte stream through a new tunnel until both
+    /// directions end (to the forward's fixed destination, if it has one).
     pub async fn tunnel<L>(&self, local: &mut L) -> anyhow::Result<Totals>
     where
         L: AsyncRead + AsyncWrite + Unpin,
@@ -217,6 +260,23 @@ impl Forward {
     where
         L: AsyncRead + AsyncWrite + Unpin,
     {
+        let fixed = match &self.destinations {
+            Destinations::To(d) => Some(Ask::new(d, None)),
+            _ => None,
+        };
+        self.carry_to(local, fixed.as_ref()).await
+    }
+
+    /// One tunnel asking for `ask`'s destination (`None`: the route's
+    /// backend), and its session's counts.
+    pub(crate) async fn carry_to<L>(
+        &self,
+        local: &mut L,
+        ask: Option<&Ask<'_>>,
+    ) -> (anyhow::Result<Totals>, Stats)
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut headers = match self.request_headers().await {
             Ok(h) => h,
             Err(e) => return (Err(e), Stats::default()),
@@ -226,14 +286,14 @@ impl Forward {
                 Ok(s) => s,
                 Err(e) => return (Err(e.into()), Stats::default()),
             };
-            return (self.over(local, stream).await, Stats::default());
+            return (self.over(local, stream, ask).await, Stats::default());
         };
         headers.insert(
             crate::session::handshake::SESSION,
             http::HeaderValue::from_static(crate::session::handshake::VERSION),
         );
         if self.inner.is_some() && policy.offered.load(Ordering::Relaxed) {
-            match self.optimistic(local, &headers, policy).await {
+            match self.optimistic(local, &headers, policy, ask).await {
                 Some(outcome) => return outcome,
                 // Declined after all: ask again, and wait for the answer.
                 None => policy.offered.store(false, Ordering::Relaxed),
@@ -252,7 +312,7 @@ impl Forward {
         };
         let session = match resume::offered(&head, stream, &policy.session) {
             Ok(session) => session,
-            Err(stream) => return (self.over(local, stream).await, Stats::default()),
+            Err(stream) => return (self.over(local, stream, ask).await, Stats::default()),
         };
         policy.offered.store(true, Ordering::Relaxed);
         let keeper = resume::Keeper {
@@ -262,7 +322,7 @@ impl Forward {
             policy: policy.clone(),
         };
         keeper.cookies.update(&head);
-        let (result, ()) = tokio::join!(self.over(local, session), keeper.run());
+        let (result, ()) = tokio::join!(self.over(local, session, ask), keeper.run());
         (result, keeper.handle.stats())
     }
 
@@ -278,6 +338,7 @@ impl Forward {
         local: &mut L,
         headers: &HeaderMap,
         policy: &ResumePolicy,
+        ask: Option<&Ask<'_>>,
     ) -> Option<(anyhow::Result<Totals>, Stats)>
     where
         L: AsyncRead + AsyncWrite + Unpin,
@@ -311,7 +372,7 @@ impl Forward {
                 Err(_) => {}
             }
         };
-        let (result, ()) = tokio::join!(self.over(local, session), keep);
+        let (result, ()) = tokio::join!(self.over(local, session, ask), keep);
         let stats = keeper.handle.stats();
         match (result, declined, refused) {
             (Err(_), true, _) => None,
@@ -322,15 +383,26 @@ impl Forward {
         }
     }
 
-    /// The inner TLS (unless --no-inner-tls) and the copy, over `stream`.
-    async fn over<L, S>(&self, local: &mut L, stream: S) -> anyhow::Result<Totals>
+    /// The inner TLS (unless --no-inner-tls), the destination request if
+    /// there is one, and the copy, over `stream`.
+    async fn over<L, S>(
+        &self,
+        local: &mut L,
+        stream: S,
+        ask: Option<&Ask<'_>>,
+    ) -> anyhow::Result<Totals>
     where
         L: AsyncRead + AsyncWrite + Unpin,
         S: Carried,
     {
         let (result, totals) = match &self.inner {
             Some((config, name)) => {
-                let handshake = TlsConnector::from(config.clone())
+                // Only a tunnel naming a destination offers its ALPN.
+                let config = match (ask, &self.inner_dest) {
+                    (Some(_), Some(with_alpn)) => with_alpn.clone(),
+                    _ => config.clone(),
+                };
+                let handshake = TlsConnector::from(config)
                     .connect(name.clone(), stream)
                     .into_fallible();
                 let mut tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
@@ -343,9 +415,19 @@ impl Forward {
                 };
                 let (io, conn) = tls.get_mut();
                 io.keyed(conn).await;
+                if let Some(ask) = ask {
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    if let Err(e) = ask.open(local, &mut tls, alpn.as_deref()).await {
+                        tls.get_mut().0.end_after(&Ok(()), Abort::Failed).await;
+                        return Err(e);
+                    }
+                }
                 let (result, totals) = splice::splice(local, &mut tls).await;
                 tls.get_mut().0.end_after(&result, Abort::Failed).await;
                 (result, totals)
+            }
+            None if ask.is_some() => {
+                anyhow::bail!("a tunnel without inner TLS cannot name a destination")
             }
             None => {
                 let mut stream = stream;

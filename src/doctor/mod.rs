@@ -8,6 +8,7 @@
 //! HTTP/2 requests it makes are in `requests`, the round-trip and throughput
 //! measurements in `measure`.
 
+mod destination;
 mod measure;
 mod requests;
 mod resume;
@@ -60,7 +61,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let forward = Forward::from_args(&args.client, &url)?;
     println!("postern doctor {url}");
     let mut report = Report { failed: false };
-    let result = check(&args, &forward, &mut report).await;
+    let mut result = check(&args, &forward, &mut report).await;
+    if let (Ok(()), Some(to)) = (&result, &args.client.to) {
+        result = destination::check(&args.client, &url, to, &mut report).await;
+    }
     if result.is_ok() && !report.failed {
         println!("all checks passed");
     }

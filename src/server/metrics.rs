@@ -24,6 +24,7 @@
 //! | `postern_sessions_detached` | gauge | |
 //! | `postern_session_cuts_total` | counter | |
 //! | `postern_resent_bytes_total` | counter | |
+//! | `postern_destination_decisions_total` | counter | `rule` (the rule's name, `""` if none), `decision` = `allowed` or the refusal's label |
 //! | `postern_outer_handshakes_total` | counter | `kind` = `full`/`resumed`/`early_data` (outer TLS, self-hosted only) |
 
 use std::net::SocketAddr;
@@ -75,6 +76,13 @@ pub struct Metrics {
     cuts: Counter,
     resent: Counter,
     outer: Family<Kind, Counter>,
+    destinations: Family<Decision, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    rule: String,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,7 +200,14 @@ impl Metrics {
             "Outer TLS handshakes, by kind (full, resumed, early_data: the first requests came with the ClientHello)",
             outer.clone(),
         );
+        let destinations = Family::<Decision, Counter>::default();
+        registry.register(
+            "postern_destination_decisions",
+            "Destination requests, by the rule that decided and the decision (allowed, or the refusal's reason)",
+            destinations.clone(),
+        );
         Metrics {
+            destinations,
             outer,
             resumes,
             detached,
@@ -290,6 +305,17 @@ impl Metrics {
         } else {
             self.detached.dec();
         }
+    }
+
+    /// Counts a destination decision: `allowed` or a refusal's label, under
+    /// the rule that made it (`""` when none did).
+    pub fn destination(&self, rule: &str, decision: &'static str) {
+        self.destinations
+            .get_or_create(&Decision {
+                rule: rule.to_owned(),
+                decision,
+            })
+            .inc();
     }
 
     /// Counts bytes resent after a resume.

@@ -19,6 +19,7 @@ mod args;
 pub mod backend;
 mod config;
 mod config_file;
+mod destination;
 mod metrics;
 pub(crate) mod proxy_protocol;
 mod reload;

@@ -41,6 +41,9 @@ pub struct Material {
     pub routes: Routes,
     /// Outer TLS, when serving TLS directly instead of h2c.
     pub outer: Option<Arc<ServerConfig>>,
+    /// The destination policy (`[destinations]` in `--config`); `None`:
+    /// tunnels that name a destination are refused.
+    pub destinations: Option<Arc<crate::destination::Policy>>,
 }
 
 impl Material {
@@ -99,6 +102,7 @@ type Fingerprint = Vec<Option<(SystemTime, u64, u64)>>;
 impl Sources {
     /// Loads and checks every file and builds a complete [`Material`].
     pub fn build(&self) -> anyhow::Result<Material> {
+        let mut destinations = None;
         let routes = match &self.routes {
             RouteSource::Flags {
                 path,
@@ -111,7 +115,11 @@ impl Sources {
                 allow.clone(),
                 *proxy_protocol,
             ),
-            RouteSource::File(path) => config_file::load_config(path)?,
+            RouteSource::File(path) => {
+                let (routes, policy) = config_file::load_config_file(path)?;
+                destinations = policy.map(Arc::new);
+                routes
+            }
         };
         let routes = match &self.inner {
             None => routes,
@@ -152,7 +160,11 @@ impl Sources {
             )?),
             None => None,
         };
-        Ok(Material { routes, outer })
+        Ok(Material {
+            routes,
+            outer,
+            destinations,
+        })
     }
 
     /// Every file the material depends on.
@@ -212,6 +224,7 @@ pub struct Live {
     status: watch::Sender<ReloadStatus>,
     hangup: Notify,
     metrics: Arc<Metrics>,
+    gate: Arc<crate::destination::Gate>,
 }
 
 impl Live {
@@ -226,7 +239,13 @@ impl Live {
             status: watch::Sender::new(ReloadStatus::default()),
             hangup: Notify::new(),
             metrics,
+            gate: Arc::default(),
         })
+    }
+
+    /// The per-identity destination limits' counts, kept across reloads.
+    pub(crate) fn gate(&self) -> Arc<crate::destination::Gate> {
+        self.gate.clone()
     }
 
     /// The material new tunnels use now.

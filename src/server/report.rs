@@ -57,6 +57,16 @@ pub enum TunnelError {
     /// The tunnel reached `--max-lifetime`.
     #[error("open for {0:?}, the maximum lifetime: closed by the server")]
     Lifetime(Duration),
+    /// The destination the client named was refused or could not be reached.
+    #[error("destination {asked} refused: {label}: {reason}")]
+    Destination {
+        /// The destination as asked (`?` if the request was unreadable).
+        asked: String,
+        /// The refusal's label (`destination::Refusal::label`).
+        label: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Copying failed midway (a reset on either side).
     #[error("{0}")]
     Copy(std::io::Error),
@@ -74,6 +84,7 @@ impl TunnelError {
             Self::Stream(_) => "stream_error",
             Self::Idle(_) => "idle_timeout",
             Self::Lifetime(_) => "max_lifetime",
+            Self::Destination { .. } => "destination_refused",
             Self::Copy(_) => "reset",
         }
     }
@@ -104,6 +115,20 @@ pub struct TunnelReport {
     /// Times the session lost its carrier and waited for a resume (a move
     /// is not one).
     pub cuts: u64,
+    /// What a tunnel that named a destination asked for and got.
+    pub destination: Option<DestinationReport>,
+}
+
+/// A destination tunnel's audit: the destination asked, the address
+/// dialled, the rule that allowed it (a refusal is the tunnel's error).
+#[derive(Debug, Clone, Default)]
+pub struct DestinationReport {
+    /// As the client named it, e.g. `db.internal:5432`.
+    pub asked: String,
+    /// The checked address connected.
+    pub dialled: Option<SocketAddr>,
+    /// The rule that allowed it.
+    pub rule: Option<String>,
 }
 
 impl TunnelReport {
@@ -129,11 +154,18 @@ pub(crate) fn log(report: &TunnelReport) {
     let duration_ms = report.duration.as_millis() as u64;
     let (route, close) = (report.route.as_str(), report.close);
     let (resumes, cuts) = (report.resumes, report.cuts);
+    let dest = report.destination.as_ref();
+    let destination = dest.map(|d| d.asked.as_str());
+    let dialled = dest.and_then(|d| d.dialled).map(|a| a.to_string());
+    let rule = dest.and_then(|d| d.rule.as_deref());
     match &report.outcome {
         Ok(()) => info!(
             identity,
             names,
             route,
+            destination,
+            dialled,
+            rule,
             to_backend,
             from_backend,
             duration_ms,
@@ -146,6 +178,9 @@ pub(crate) fn log(report: &TunnelReport) {
             identity,
             names,
             route,
+            destination,
+            dialled,
+            rule,
             to_backend,
             from_backend,
             duration_ms,

@@ -104,6 +104,7 @@ pub(crate) async fn request(
         observer: config.observer.clone(),
         conn,
         sessions: config.resume.clone(),
+        gate: config.live.gate(),
         _permit: permit,
     };
     // Boxed: a task is allocated at the size of its largest state, and

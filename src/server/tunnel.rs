@@ -59,6 +59,8 @@ pub(crate) struct Tunnel {
     pub(crate) conn: Counted,
     /// The process's sessions, unless `--no-resume`.
     pub(crate) sessions: Option<Registry>,
+    /// The per-identity destination limits.
+    pub(crate) gate: Arc<crate::destination::Gate>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -68,7 +70,7 @@ impl Tunnel {
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let open = metrics.tunnel_opened();
-        let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty, trace = field::Empty);
+        let span = info_span!("tunnel", peer = %self.source, route = field::Empty, identity = field::Empty, destination = field::Empty, trace = field::Empty);
         // Lines of this tunnel group with the front end's request log.
         if let Some(id) = crate::logging::trace_id(req.headers()) {
             span.record(crate::logging::TRACE_FIELD, id);
@@ -83,6 +85,7 @@ impl Tunnel {
             outcome: Ok(()),
             resumes: 0,
             cuts: 0,
+            destination: None,
         };
         let result = self
             .tunnel(req, respond, &mut report)
@@ -301,6 +304,9 @@ impl Tunnel {
         if let Some(id) = &report.identity {
             tracing::Span::current().record("identity", field::display(id));
         }
+        if tls.get_ref().1.alpn_protocol() == Some(crate::destination::wire::ALPN) {
+            return self.destination(tls, deadline, report).await;
+        }
         let mut backend = match self.backend(route, report.identity.as_ref()).await {
             Ok(b) => b,
             Err(e) => {
@@ -349,7 +355,7 @@ impl Tunnel {
 
     /// Copies until both directions end, the tunnel idles out or reaches its
     /// lifetime; a failure on one side resets the other (`reset` for the client's).
-    async fn copy<S, C>(
+    pub(super) async fn copy<S, C>(
         &self,
         stream: &mut S,
         backend: &mut Metered<TcpStream>,

@@ -65,6 +65,9 @@ pub fn inner_server_config(
         .with_cert_resolver(cert);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // A client naming a destination offers it; one naming none offers no
+    // ALPN at all and is served as before (docs/protocol.md §8).
+    config.alpn_protocols = vec![crate::destination::wire::ALPN.to_vec()];
     // The resume key is exported from this connection; under TLS 1.2 an
     // exporter is only bound to the handshake with the extended master
     // secret (RFC 7627).

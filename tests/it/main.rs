@@ -14,6 +14,7 @@ mod bench;
 mod budget;
 mod caddy;
 mod cli;
+mod destinations;
 mod doctor;
 mod faults;
 mod fuzz_corpus;

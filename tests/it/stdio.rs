@@ -226,7 +226,7 @@ async fn settled(server: &mut Server, metrics: SocketAddr, sessions: u64) -> (u6
 /// A backend that runs `sshd -i` (inetd mode: the connection is its stdin
 /// and stdout) for each connection, with a host key and one authorized user
 /// key made in `dir`; returns its address and the user key's path.
-async fn sshd_backend(dir: &TempDir) -> (SocketAddr, String) {
+pub(crate) async fn sshd_backend(dir: &TempDir) -> (SocketAddr, String) {
     for key in ["host", "user"] {
         let status = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])

@@ -104,6 +104,8 @@ async fn client_without_certificate_is_refused_before_backend() {
     let forward = Arc::new(Forward {
         connector: Arc::new(Connector::new(target, None, 100, None, LIMIT)),
         inner: Some((Arc::new(config), ServerName::try_from("localhost").unwrap())),
+        inner_dest: None,
+        destinations: Default::default(),
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,

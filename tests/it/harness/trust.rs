@@ -52,6 +52,8 @@ pub(crate) async fn raw_client(
             LIMIT,
         )),
         inner: Some((config, ServerName::try_from("localhost").expect("name"))),
+        inner_dest: None,
+        destinations: Default::default(),
         headers: Default::default(),
         tokens: None,
         handshake_timeout: LIMIT,
