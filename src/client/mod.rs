@@ -6,6 +6,8 @@
 mod args;
 mod connector;
 mod forward;
+mod gateway;
+pub mod reach;
 mod resolve;
 pub(crate) mod resume;
 mod stdio;

@@ -5,8 +5,10 @@
 pub mod accept;
 pub mod busy_poll;
 pub mod ended;
+pub mod rewind;
 pub mod settings;
 pub mod socket;
 pub mod splice;
 pub mod stream;
+pub mod websocket;
 pub mod workers;

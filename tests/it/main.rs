@@ -36,3 +36,4 @@ mod scheduling;
 mod stdio;
 mod tokens;
 mod tunnel;
+mod websocket;
