@@ -270,3 +270,80 @@ async fn http1_requests_other_than_an_upgrade_get_a_clear_4xx_and_reach_no_backe
     assert_eq!(backend.accepts(), 0, "nothing reached the backend");
     shutdown.cancel();
 }
+
+/// The Python that .ci/run installs the test peers into (or
+/// `$POSTERN_TEST_PYTHON`), if it has `module`; a loud skip otherwise.
+fn python_with(module: &str, test: &str) -> Option<String> {
+    let candidates = [
+        std::env::var("POSTERN_TEST_PYTHON").ok(),
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/target/ci-venv/bin/python").to_owned()),
+        Some("python3".to_owned()),
+    ];
+    let found = candidates.into_iter().flatten().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: Python package {module} not installed; {test} did not run \
+             (CI installs it via .ci/run into target/ci-venv)"
+        );
+    }
+    found
+}
+
+/// A stock client (Python's `websockets`) following docs/protocol.md §8:
+/// data in binary messages, an empty one to half-close, read to the
+/// server's empty message, close 1000.
+const STOCK_CLIENT: &str = r#"
+import asyncio, sys, websockets
+async def main():
+    data = bytes(range(256)) * 4096
+    async with websockets.connect(sys.argv[1], max_size=1 << 20, compression=None) as ws:
+        for i in range(0, len(data), 65536):
+            await ws.send(data[i:i + 65536])
+        await ws.send(b"")
+        got = b""
+        while True:
+            msg = await ws.recv()
+            if msg == b"":
+                break
+            got += msg
+        await ws.close(1000)
+    sys.stdout.write(got.decode())
+asyncio.run(main())
+"#;
+
+#[tokio::test]
+async fn a_stock_websocket_client_opens_a_plain_tunnel() {
+    let Some(python) = python_with(
+        "websockets",
+        "a_stock_websocket_client_opens_a_plain_tunnel",
+    ) else {
+        return;
+    };
+    let backend = TestBackend::start(Backend::HashAfterEof).await;
+    let shutdown = CancellationToken::new();
+    let (server, mut reports) = start_server(backend.addr, &["--no-inner-tls"], &shutdown).await;
+    let url = format!("ws://127.0.0.1:{}/", server.port());
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", STOCK_CLIENT, &url])
+        .output();
+    let out = tokio::time::timeout(LIMIT, out)
+        .await
+        .expect("the stock client hung")
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "stock client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), sha256(&data));
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(report.totals.outbound, data.len() as u64);
+    shutdown.cancel();
+}
