@@ -73,7 +73,9 @@
 //!   budget), `resume` (resume requests).
 //! - [`client`]: `run`, `Forward` and the local listeners (`mod.rs`), `args`
 //!   (its flags and the forward they describe), `connector`
-//!   (the pool of HTTP/2 connections), `reach` (`--transport`), `gateway`
+//!   (the pool of HTTP/2 connections), `reach` (`--transport`, `--proxy`), `proxy/` (forward
+//!   proxy egress: the environment and `NO_PROXY` through hyper-util's
+//!   matcher, `connect` the HTTP CONNECT and its one-line refusals), `gateway`
 //!   (`--transport websocket`: an in-process HTTP/2 server turning each
 //!   tunnel stream into a WebSocket to the front end), `resolve` (the front end's addresses,
 //!   looked up at most every 30 s), `target` (the parsed `--url`),

@@ -190,7 +190,8 @@ impl Forward {
             keepalive,
             timeout,
         )
-        .with_transport(args.reach.transport);
+        .with_transport(args.reach.transport)
+        .with_egress(args.reach.egress()?);
         Ok(Forward {
             connector: Arc::new(connector),
             inner,

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -29,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::gateway::{self, Dialer};
+use super::proxy::Egress;
 use super::reach::Transport;
 use super::resolve::Resolved;
 use super::target::Target;
@@ -137,6 +137,8 @@ pub struct Connector {
     websocket: Arc<AtomicBool>,
     /// How WebSockets reach the front end (all but `--transport h2`).
     dialer: Option<Arc<Dialer>>,
+    /// Straight to the front end, or through a forward proxy.
+    egress: Arc<Egress>,
 }
 
 impl Connector {
@@ -159,7 +161,15 @@ impl Connector {
             transport: Transport::H2,
             websocket: Arc::new(AtomicBool::new(false)),
             dialer: None,
+            egress: Arc::default(),
         }
+    }
+
+    /// This connector reaching the front end as `egress` says (a proxy).
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = Arc::new(egress);
+        let transport = self.transport;
+        self.with_transport(transport)
     }
 
     /// This connector with tunnels carried by `transport`.
@@ -191,6 +201,7 @@ impl Connector {
         self.dialer = Some(Arc::new(Dialer {
             target: self.target.clone(),
             addrs: Resolved::new(&self.target.host, self.target.port),
+            egress: self.egress.clone(),
             outer: ws_outer,
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,
@@ -211,6 +222,7 @@ impl Connector {
         sibling.transport = self.transport;
         sibling.websocket = self.websocket.clone();
         sibling.dialer = self.dialer.clone();
+        sibling.egress = self.egress.clone();
         sibling
     }
 
@@ -336,7 +348,11 @@ impl Connector {
             reason,
         };
         let addrs = self.addrs.addrs().await.map_err(refused)?;
-        let tcp = match TcpStream::connect(&addrs[..]).await {
+        let connected = self
+            .egress
+            .connect(&self.target, &addrs, self.connect_timeout)
+            .await;
+        let tcp = match connected {
             Ok(tcp) => tcp,
             Err(reason) => {
                 self.addrs.forget();

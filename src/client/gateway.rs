@@ -14,7 +14,6 @@ use h2::RecvStream;
 use http::{HeaderMap, Request, Response, StatusCode};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -32,6 +31,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) struct Dialer {
     pub(crate) target: Target,
     pub(crate) addrs: Resolved,
+    pub(crate) egress: Arc<super::proxy::Egress>,
     /// The outer TLS (ALPN http/1.1) for an https target.
     pub(crate) outer: Option<Arc<rustls::ClientConfig>>,
     pub(crate) connect_timeout: Duration,
@@ -48,9 +48,11 @@ impl Dialer {
 
     async fn dial_inner(&self) -> std::io::Result<Box<dyn Io>> {
         let addrs = self.addrs.addrs().await?;
-        let tcp = TcpStream::connect(&addrs[..]).await.inspect_err(|_| {
-            self.addrs.forget();
-        })?;
+        let tcp = self
+            .egress
+            .connect(&self.target, &addrs, self.connect_timeout)
+            .await
+            .inspect_err(|_| self.addrs.forget())?;
         let _ = crate::transport::socket::tune_outer(&tcp);
         let tcp = crate::transport::socket::buffered(tcp);
         match &self.outer {

@@ -7,6 +7,7 @@ mod args;
 mod connector;
 mod forward;
 mod gateway;
+pub mod proxy;
 pub mod reach;
 mod resolve;
 pub(crate) mod resume;

@@ -28,6 +28,7 @@ mod operations;
 mod owned;
 mod pem;
 mod preauth;
+mod proxy;
 mod reload;
 mod resume;
 mod resumed;

@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod peer;
 pub mod rawh2;
 mod stack;
+pub mod tinyproxy;
 mod trust;
 
 pub use api::*;
