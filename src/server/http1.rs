@@ -105,7 +105,7 @@ fn asked(head: &[u8]) -> Asked {
     }
     if headers
         .get("sec-websocket-version")
-        .is_none_or(|v| v.as_bytes() != b"13")
+        .map_or(true, |v| v.as_bytes() != b"13")
     {
         return Asked::Refused(
             StatusCode::UPGRADE_REQUIRED,
