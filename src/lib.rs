@@ -8,7 +8,8 @@
 //!            (one task per       (tls::config)       (frames, replay,   (pooled HTTP/2 connections,  (an h2 stream as
 //!             local socket)                           resume; unless     outer TLS, POST per tunnel)   AsyncRead/Write)
 //!                                                     --no-resume)
-//!   ══ front end (Cloud Run, or demo::front) ══ h2c ══▶
+//!   ══ front end (Cloud Run, or demo::front) ══ h2c ══▶   (or, with --transport websocket:
+//!   H2Stream ─▶ client::gateway ══ WebSocket ══▶ server::http1 ─▶ an in-process h2c connection)
 //! server::serve ─▶ server::request ─▶ server::tunnel ─────────────────▶ transport::splice ─TCP─▶ backend
 //!                                     (or server::destination: the client's named destination,
 //!                                      checked by destination::policy, dialled by destination::dial)
@@ -36,7 +37,9 @@
 //!   user's words), `workers` (single-threaded runtimes; a connection and all it carries
 //!   stay on one), `busy_poll` (how long a woken worker keeps polling
 //!   before it sleeps, `--busy-poll`), `socket` (options of the outer TCP sockets, and the
-//!   buffer their reads go through).
+//!   buffer their reads go through), `websocket` (the WebSocket transport:
+//!   one HTTP/2 stream carried over one WebSocket, ends and resets mapped to
+//!   messages and close codes), `rewind` (bytes read ahead put back).
 //! - `session`: the resumable session layer beneath the inner TLS and
 //!   above the HTTP/2 stream — `frame` (the framing), `replay` (the bounded
 //!   replay buffer), `carrier` (what a session runs over), `carried` (how a
@@ -75,11 +78,17 @@
 //!   (a tunnel that names its destination: request, policy, limits, dial,
 //!   answer, then the copy), `metrics`,
 //!   `proxy_protocol` (PROXY v2 to backends), `backend` (built-in backends),
+//!   `http1` (HTTP/1.1 on the same port: the WebSocket upgrade, bridged to
+//!   an in-process HTTP/2 connection served as any other; refusals),
 //!   `windows` (receive windows earned by authentication, the buffer
 //!   budget), `resume` (resume requests).
 //! - [`client`]: `run`, `Forward` and the local listeners (`mod.rs`), `args`
 //!   (its flags and the forward they describe), `connector`
-//!   (the pool of HTTP/2 connections), `resolve` (the front end's addresses,
+//!   (the pool of HTTP/2 connections), `reach` (`--transport`, `--proxy`), `proxy/` (forward
+//!   proxy egress: the environment and `NO_PROXY` through hyper-util's
+//!   matcher, `connect` the HTTP CONNECT and its one-line refusals), `gateway`
+//!   (`--transport websocket`: an in-process HTTP/2 server turning each
+//!   tunnel stream into a WebSocket to the front end), `resolve` (the front end's addresses,
 //!   looked up at most every 30 s), `target` (the parsed `--url`),
 //!   `token/` (Google ID tokens: sources, cache, metadata server, command,
 //!   service-account keys and impersonation), `resume` (asking for a session,

@@ -147,6 +147,9 @@ pub struct Args {
     /// `500ms`, `8s`, `1m`, a bare number is seconds; 0 = close at once.
     #[arg(long, env = "POSTERN_DRAIN_TIMEOUT", default_value = "8s", value_parser = parse_interval)]
     pub drain_timeout: Duration,
+    /// How the front end is reached (`--transport`).
+    #[command(flatten)]
+    pub reach: super::reach::ReachArgs,
 }
 
 impl Forward {
@@ -204,7 +207,9 @@ impl Forward {
             args.max_streams_per_connection,
             keepalive,
             timeout,
-        );
+        )
+        .with_transport(args.reach.transport)
+        .with_egress(args.reach.egress()?);
         Ok(Forward {
             connector: Arc::new(connector),
             inner,

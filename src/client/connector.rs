@@ -21,13 +21,15 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::gateway::{self, Dialer};
+use super::proxy::Egress;
+use super::reach::Transport;
 use super::resolve::Resolved;
 use super::target::Target;
 use crate::transport::settings;
@@ -52,11 +54,17 @@ pub enum OpenError {
         /// What rustls said.
         reason: std::io::Error,
     },
-    /// The front end does not speak HTTP/2.
-    #[error("{host} did not negotiate HTTP/2 (ALPN h2); is this an HTTP/2 front end?")]
+    /// The front end (or a proxy on the way) does not speak HTTP/2.
+    #[error(
+        "{host} answered ALPN {alpn} instead of h2: the path downgraded HTTP/2 (a proxy \
+         or a front end that speaks only HTTP/1.1, such as Cloud Run without --use-http2); \
+         --transport websocket (or auto) is the way through"
+    )]
     NoH2 {
         /// The front end's host name.
         host: String,
+        /// What ALPN came back, in words (`http/1.1`, `none`).
+        alpn: String,
     },
     /// HTTP/2 failed on the connection.
     #[error("HTTP/2: {0}")]
@@ -123,6 +131,14 @@ pub struct Connector {
     connect_timeout: Duration,
     pool: Mutex<Pool>,
     addrs: Resolved,
+    transport: Transport,
+    /// Set once `auto` found the front end without HTTP/2: shared by the
+    /// siblings, so the choice holds for the URL.
+    websocket: Arc<AtomicBool>,
+    /// How WebSockets reach the front end (all but `--transport h2`).
+    dialer: Option<Arc<Dialer>>,
+    /// Straight to the front end, or through a forward proxy.
+    egress: Arc<Egress>,
 }
 
 impl Connector {
@@ -142,19 +158,82 @@ impl Connector {
             keepalive,
             connect_timeout,
             pool: Mutex::new(Pool::default()),
+            transport: Transport::H2,
+            websocket: Arc::new(AtomicBool::new(false)),
+            dialer: None,
+            egress: Arc::default(),
         }
+    }
+
+    /// This connector reaching the front end as `egress` says (a proxy).
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = Arc::new(egress);
+        let transport = self.transport;
+        self.with_transport(transport)
+    }
+
+    /// This connector with tunnels carried by `transport`.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        // WebSockets need HTTP/1.1 in the outer TLS's ALPN (`auto` offers
+        // both and follows the answer); no early data: the upgrade waits
+        // for its 101 anyway.
+        let alpn = |protocols: &[&[u8]]| {
+            self.outer.as_ref().map(|outer| {
+                let mut config = (**outer).clone();
+                config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+                config.enable_early_data = false;
+                Arc::new(config)
+            })
+        };
+        let (outer, ws_outer) = match transport {
+            Transport::H2 => return self,
+            Transport::Websocket => (
+                alpn(&[crate::tls::ALPN_HTTP1]),
+                alpn(&[crate::tls::ALPN_HTTP1]),
+            ),
+            Transport::Auto => (
+                alpn(&[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1]),
+                alpn(&[crate::tls::ALPN_HTTP1]),
+            ),
+        };
+        self.outer = outer;
+        self.dialer = Some(Arc::new(Dialer {
+            target: self.target.clone(),
+            addrs: Resolved::new(&self.target.host, self.target.port),
+            egress: self.egress.clone(),
+            outer: ws_outer,
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+        }));
+        self
     }
 
     /// A connector to the same target with the same settings and a pool of
     /// its own.
     pub fn sibling(&self) -> Connector {
-        Connector::new(
+        let mut sibling = Connector::new(
             self.target.clone(),
             self.outer.clone(),
             self.max_streams,
             self.keepalive,
             self.connect_timeout,
-        )
+        );
+        sibling.transport = self.transport;
+        sibling.websocket = self.websocket.clone();
+        sibling.dialer = self.dialer.clone();
+        sibling.egress = self.egress.clone();
+        sibling
+    }
+
+    /// Whether this connector's tunnels go over WebSockets now (`auto`
+    /// decides on the first connection).
+    pub fn uses_websocket(&self) -> bool {
+        match self.transport {
+            Transport::H2 => false,
+            Transport::Websocket => true,
+            Transport::Auto => self.websocket.load(Ordering::Relaxed),
+        }
     }
 
     /// Most open tunnels per pooled connection.
@@ -270,7 +349,11 @@ impl Connector {
             reason,
         };
         let addrs = self.addrs.addrs().await.map_err(refused)?;
-        let tcp = match TcpStream::connect(&addrs[..]).await {
+        let connected = self
+            .egress
+            .connect(&self.target, &addrs, self.connect_timeout)
+            .await;
+        let tcp = match connected {
             Ok(tcp) => tcp,
             Err(reason) => {
                 self.addrs.forget();
@@ -305,14 +388,30 @@ impl Connector {
                 // session resumed was one on which h2 was, and a server
                 // accepts early data only for the same ALPN protocol.
                 let (_, session) = tls.get_ref();
-                if !session.is_handshaking() && session.alpn_protocol() != Some(crate::tls::ALPN_H2)
-                {
-                    return Err(OpenError::NoH2 { host });
+                let alpn = session.alpn_protocol();
+                if !session.is_handshaking() && alpn != Some(crate::tls::ALPN_H2) {
+                    if let Some(dialer) = &self.dialer {
+                        if !self.websocket.swap(true, Ordering::Relaxed) {
+                            info!(%host, "no HTTP/2 at the front end: tunnels go over WebSocket");
+                        }
+                        return self
+                            .handshake(gateway::start(Box::new(tls), dialer.clone()))
+                            .await;
+                    }
+                    let alpn =
+                        alpn.map_or("none".into(), |p| String::from_utf8_lossy(p).into_owned());
+                    return Err(OpenError::NoH2 { host, alpn });
                 }
                 let tls = crate::tls::early::Finishing::new(tls, self.connect_timeout);
                 self.handshake(tls).await
             }
-            _ => self.handshake(tcp).await,
+            _ => match &self.dialer {
+                Some(dialer) if self.transport == Transport::Websocket => {
+                    self.handshake(gateway::start(Box::new(tcp), dialer.clone()))
+                        .await
+                }
+                _ => self.handshake(tcp).await,
+            },
         }
     }
 

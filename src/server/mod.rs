@@ -5,6 +5,8 @@
 //!
 //! - `args`: the flags; `config`: [`Config`], built from them.
 //! - `serve`: the accept loop, one HTTP/2 connection, the drain.
+//! - `http1`: HTTP/1.1 on the same port (the WebSocket transport's
+//!   upgrade, bridged to an in-process HTTP/2 connection; refusals).
 //! - `request`: dispatch (health check, refusals); `reply`: short answers.
 //! - `tunnel`: one tunnel from the `200` to the backend (over a resumable
 //!   session when the client asks); `resume`: a cut tunnel's new stream; `report`: how it
@@ -20,6 +22,7 @@ pub mod backend;
 mod config;
 mod config_file;
 mod destination;
+mod http1;
 mod metrics;
 pub(crate) mod proxy_protocol;
 mod reload;

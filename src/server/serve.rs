@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn};
 
 use crate::server::config::Config;
-use crate::server::request;
 use crate::server::windows::{self, Grant, Share};
+use crate::server::{http1, request};
+use crate::transport::rewind::Rewind;
 use crate::transport::settings;
 use crate::transport::workers::Workers;
 
@@ -118,10 +119,41 @@ async fn connection(
                 .await
                 .context("outer TLS handshake")?;
             config.metrics.outer_handshake(tls.kind());
-            h2_connection(tls, peer, false, config, grant, shutdown).await
+            if tls.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                return h2_connection(tls, peer, false, config, grant, shutdown).await;
+            }
+            either(tls, peer, false, config, grant, shutdown).await
         }
-        None => h2_connection(sock, peer, true, config, grant, shutdown).await,
+        None => either(sock, peer, true, config, grant, shutdown).await,
     }
+}
+
+/// HTTP/2 with prior knowledge, or HTTP/1.1 (the WebSocket transport) on
+/// the same port: told apart by the HTTP/2 preface.
+async fn either<T>(
+    mut io: T,
+    peer: SocketAddr,
+    behind_front: bool,
+    config: Arc<Config>,
+    grant: Grant,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = config.limits.handshake_timeout;
+    let (seen, h2) = tokio::time::timeout(limit, http1::detect(&mut io))
+        .await
+        .context("nothing arrived on the connection in time")?
+        .context("reading the connection's first bytes")?;
+    let io = Rewind::new(seen, io);
+    if h2 {
+        return h2_connection(io, peer, behind_front, config, grant, shutdown).await;
+    }
+    http1::serve(io, limit, |hop| {
+        h2_connection(hop, peer, behind_front, config, grant, shutdown)
+    })
+    .await
 }
 
 /// Requests beyond these are refused by h2 itself: too many streams the

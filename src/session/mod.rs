@@ -69,7 +69,7 @@ pub(crate) const WINDOW: usize = 8 * 1024 * 1024;
 /// What a server's session reads from its first carrier before the peer
 /// is authenticated (its resume key is set, or the inner handshake is
 /// done): a ClientHello and a client certificate chain with room to spare
-/// (docs/protocol.md §8, "Window and replay buffer"). Past it the bytes stay in the HTTP/2 stream,
+/// (docs/protocol.md §7, "Window and replay buffer"). Past it the bytes stay in the HTTP/2 stream,
 /// whose window is not released, so an unauthenticated peer is held to the
 /// HTTP/2 windows as it is without sessions, not to `consumed + window`.
 pub(crate) const PREAUTH_READ: usize = 32 * 1024;

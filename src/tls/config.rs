@@ -19,6 +19,9 @@ use crate::authz::{Allow, PeerIdentity};
 /// ALPN protocol id for HTTP/2 over TLS.
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// ALPN protocol id for HTTP/1.1 (the WebSocket transport).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
 /// The inner mTLS server: requires a client certificate chaining to
 /// `client_roots`, not revoked by `crls`, whose identity `allow` accepts.
 ///
@@ -128,7 +131,8 @@ pub fn outer_server_config(
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // HTTP/1.1 for the WebSocket transport (`server::http1`).
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     if early_data {
         config.max_early_data_size = EARLY_DATA_LIMIT;
         config.send_half_rtt_data = true;

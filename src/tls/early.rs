@@ -100,6 +100,12 @@ impl<IO> ServerTls<IO> {
         }
     }
 
+    /// The protocol ALPN chose (`h2`, `http/1.1`), if any; known when
+    /// [`accept`] returns.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
     /// The socket (tests hold back what it sends).
     #[cfg(test)]
     fn io_mut(&mut self) -> &mut IO {

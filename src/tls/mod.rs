@@ -20,7 +20,7 @@ mod verify;
 
 pub use config::{
     inner_client_config, inner_client_config_pinned, inner_server_config, outer_client_config,
-    outer_server_config, peer_identity, ALPN_H2, EARLY_DATA_LIMIT,
+    outer_server_config, peer_identity, ALPN_H2, ALPN_HTTP1, EARLY_DATA_LIMIT,
 };
 pub use failure::HandshakeFailure;
 pub use provider::{provider, RecordCiphers};

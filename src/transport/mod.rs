@@ -5,8 +5,10 @@
 pub(crate) mod accept;
 pub(crate) mod busy_poll;
 pub(crate) mod ended;
+pub(crate) mod rewind;
 pub mod settings;
 pub(crate) mod socket;
 pub(crate) mod splice;
 pub(crate) mod stream;
+pub(crate) mod websocket;
 pub mod workers;

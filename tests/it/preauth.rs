@@ -73,7 +73,7 @@ fn client_hello(pki: &Pki) -> Vec<u8> {
     hello
 }
 
-/// A session DATA frame (docs/protocol.md §8, "Frames").
+/// A session DATA frame (docs/protocol.md §7, "Frames").
 fn session_data(out: &mut BytesMut, offset: u64, payload: &[u8]) {
     out.put_u8(0x01);
     let len = (8 + payload.len()) as u32;

@@ -485,7 +485,7 @@ async fn stdio_is_quiet_unless_postern_log_says_otherwise() {
     shutdown.cancel();
 }
 
-/// Session frames by hand (docs/protocol.md §8).
+/// Session frames by hand (docs/protocol.md §7).
 fn session_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

@@ -29,6 +29,12 @@ pub(crate) struct Options {
     /// Extra environment for the Caddy process (e.g. `GODEBUG=http2debug=2`,
     /// which makes Go log every HTTP/2 frame it reads and writes).
     pub env: Vec<(String, String)>,
+    /// Proxy to the upstream over HTTP/1.1 (Caddy's default transport, which
+    /// passes WebSocket upgrades) instead of h2c.
+    pub http1_upstream: bool,
+    /// Offer only HTTP/1.1 to clients (ALPN http/1.1), as a front end or
+    /// proxy that does not pass HTTP/2.
+    pub only_http1: bool,
 }
 
 /// A running Caddy; killed on drop.
@@ -62,6 +68,12 @@ pub(crate) async fn free_port() -> u16 {
 ///   end of the request body (END_STREAM, our TCP half-close) is passed on
 ///   while the response keeps flowing: HTTP/2 is full duplex end to end.
 fn caddyfile(pki: &Pki, port: u16, upstream: SocketAddr, opts: &Options, dir: &TempDir) -> String {
+    let (scheme, transport) = if opts.http1_upstream {
+        ("http", "")
+    } else {
+        ("h2c", "transport http {\n\t\t\tversions h2c\n\t\t}")
+    };
+    let protocols = if opts.only_http1 { "h1" } else { "h1 h2" };
     format!(
         r#"{{
 	admin off
@@ -70,7 +82,7 @@ fn caddyfile(pki: &Pki, port: u16, upstream: SocketAddr, opts: &Options, dir: &T
 		root {storage}
 	}}
 	servers {{
-		protocols h1 h2
+		protocols {protocols}
 		{servers}
 	}}
 }}
@@ -78,12 +90,10 @@ fn caddyfile(pki: &Pki, port: u16, upstream: SocketAddr, opts: &Options, dir: &T
 https://localhost:{port} {{
 	bind 127.0.0.1
 	tls {cert} {key}
-	reverse_proxy h2c://{upstream} {{
+	reverse_proxy {scheme}://{upstream} {{
 		flush_interval -1
 		{proxy}
-		transport http {{
-			versions h2c
-		}}
+		{transport}
 	}}
 }}
 "#,

@@ -11,6 +11,7 @@ pub(crate) mod hooks;
 pub(crate) mod peer;
 pub(crate) mod rawh2;
 mod stack;
+pub(crate) mod tinyproxy;
 mod trust;
 
 pub(crate) use api::*;
