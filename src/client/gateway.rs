@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use super::resolve::Resolved;
 use super::target::Target;
-use crate::transport::websocket::{self, HOP_WINDOW};
+use crate::transport::websocket::{self, passed, HOP_WINDOW};
 
 /// A byte stream a WebSocket can run over: TCP, or TLS over it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -89,24 +89,6 @@ async fn serve(io: tokio::io::DuplexStream, mut first: Option<Box<dyn Io>>, dial
         tokio::spawn(one(req, respond, first.take(), dialer.clone()));
     }
 }
-
-/// Headers the upgrade request and the `101` carry themselves, or that
-/// belong to one hop only; they are not passed across.
-const HOP_HEADERS: &[&str] = &[
-    "connection",
-    "upgrade",
-    "host",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "content-length",
-    "sec-websocket-key",
-    "sec-websocket-accept",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
-];
 
 async fn one(
     req: Request<RecvStream>,
@@ -186,17 +168,6 @@ fn upgrade_request(target: &Target, uri: &http::Uri, headers: &HeaderMap, key: &
     }
     head.push_str("\r\n");
     head
-}
-
-/// `headers` without the hop-by-hop and WebSocket ones.
-fn passed(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        if !HOP_HEADERS.contains(&name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
 }
 
 fn parse_response(head: &[u8]) -> Option<(StatusCode, HeaderMap)> {

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use crate::server::reply::VERSION;
-use crate::transport::websocket::{self, HOP_WINDOW};
+use crate::transport::websocket::{self, passed, HOP_WINDOW};
 
 /// The HTTP/2 client preface, which h2c with prior knowledge opens with.
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -233,32 +233,6 @@ where
         r = request => r,
         r = conn => r.context("in-process HTTP/2"),
     }
-}
-
-/// Request or response headers without hop-by-hop and WebSocket ones.
-fn passed(headers: &HeaderMap) -> HeaderMap {
-    const HOP: &[&str] = &[
-        "connection",
-        "upgrade",
-        "host",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "content-length",
-        "sec-websocket-key",
-        "sec-websocket-accept",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-    ];
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        if !HOP.contains(&name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
 }
 
 fn push_headers(head: &mut String, headers: &HeaderMap) {

@@ -54,6 +54,36 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// it is what a slow WebSocket peer can make a stream hold.
 pub(crate) const HOP_WINDOW: u32 = 4 * MAX_MESSAGE as u32;
 
+/// Headers the upgrade request and the `101` carry themselves, or that
+/// belong to one hop only: neither side passes them between the WebSocket
+/// and the HTTP/2 stream it stands for.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "content-length",
+    "sec-websocket-key",
+    "sec-websocket-accept",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+];
+
+/// `headers` without the hop-by-hop and WebSocket ones.
+pub(crate) fn passed(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for (name, value) in headers {
+        if !HOP_HEADERS.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// The bounds every Postern WebSocket runs under.
 pub(crate) fn config() -> WebSocketConfig {
     WebSocketConfig::default()

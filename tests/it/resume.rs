@@ -39,7 +39,7 @@ async fn upload(mut w: impl tokio::io::AsyncWrite + Unpin, len: usize) -> String
 }
 
 /// Reads to EOF, reporting progress; the count and SHA-256.
-async fn download(
+pub(crate) async fn download(
     mut r: impl tokio::io::AsyncRead + Unpin,
     progress: tokio::sync::watch::Sender<usize>,
 ) -> (usize, String) {

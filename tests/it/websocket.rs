@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::harness::caddy::{self, Caddy, Options};
 use crate::harness::*;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +135,7 @@ async fn a_websocket_transfer_survives_caddy_killed_mid_transfer() {
     let client = start_client(&front.url(), &strs(&ws_flags(&pki, &[])), &shutdown).await;
     const LEN: usize = 64 << 20;
     let sock = TcpStream::connect(client).await.expect("connect client");
-    let (mut r, mut w) = sock.into_split();
+    let (r, mut w) = sock.into_split();
     let data = random_bytes(LEN, 44);
     let want = sha256(&data);
     let (progress, mut seen) = tokio::sync::watch::channel(0usize);
@@ -146,20 +145,7 @@ async fn a_websocket_transfer_survives_caddy_killed_mid_transfer() {
         }
         w.shutdown().await.expect("half-close");
     });
-    let down = tokio::spawn(async move {
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            let n = r.read(&mut buf).await.expect("application read");
-            if n == 0 {
-                return (total, hex(&hash.finalize()));
-            }
-            hash.update(&buf[..n]);
-            total += n;
-            progress.send_replace(total);
-        }
-    });
+    let down = tokio::spawn(crate::resume::download(r, progress));
     tokio::time::timeout(LIMIT, seen.wait_for(|n| *n >= LEN / 3))
         .await
         .expect("transfer progressing")
