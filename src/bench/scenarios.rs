@@ -399,19 +399,30 @@ async fn setup(env: &Env<'_>, report: &mut Report) -> anyhow::Result<()> {
 
 /// Runs short connections from `workers` tasks for `span`; (ok, errors, elapsed).
 async fn churn(addr: SocketAddr, workers: usize, span: Duration) -> (u64, u64, Duration) {
+    churn_with(workers, span, move || async move {
+        traffic::quick_exchange(addr).await.is_ok()
+    })
+    .await
+}
+
+/// Runs `one` (true when it worked) over and over from `workers` tasks for
+/// `span`; (ok, errors, elapsed).
+async fn churn_with<F, Fut>(workers: usize, span: Duration, one: F) -> (u64, u64, Duration)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let started = Instant::now();
     let deadline = started + span;
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (ok, failed) = (ok.clone(), failed.clone());
+            let (ok, failed, one) = (ok.clone(), failed.clone(), one.clone());
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    match traffic::quick_exchange(addr).await {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
+                    let counter = if one().await { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })

@@ -8,15 +8,13 @@
 //! - New SOCKS5 tunnels per second at 0 ms, against the fixed forward.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{churn, first_bytes, Env, Proc, Report, Row};
+use super::{churn, churn_with, first_bytes, Env, Proc, Report, Row};
 use crate::bench::report::quantile;
 use crate::bench::traffic;
 
@@ -90,7 +88,13 @@ pub(super) async fn destinations(env: &Env<'_>, report: &mut Report) -> anyhow::
     .await?;
     const WORKERS: usize = 16;
     let span = env.sizes.rate_for;
-    let (ok, failed, t) = socks_churn(socks.addr, env.backend, WORKERS, span).await;
+    let (ok, failed, t) = {
+        let (proxy, dest) = (socks.addr, env.backend);
+        churn_with(WORKERS, span, move || async move {
+            socks_first_byte(proxy, dest).await.is_ok()
+        })
+        .await
+    };
     let (fok, ffailed, ft) = churn(fixed.addr, WORKERS, span).await;
     report.add(Row {
         scenario: "destinations",
@@ -145,37 +149,4 @@ async fn socks_connect(proxy: SocketAddr, dest: SocketAddr) -> anyhow::Result<Tc
     sock.read_exact(&mut reply).await?;
     anyhow::ensure!(reply[1] == 0, "SOCKS5 reply {:#04x}", reply[1]);
     Ok(sock)
-}
-
-async fn socks_churn(
-    proxy: SocketAddr,
-    dest: SocketAddr,
-    workers: usize,
-    span: Duration,
-) -> (u64, u64, Duration) {
-    let started = Instant::now();
-    let deadline = started + span;
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (ok, failed) = (ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    match socks_first_byte(proxy, dest).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
-    (
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        started.elapsed(),
-    )
 }
