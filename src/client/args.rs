@@ -201,7 +201,15 @@ impl Forward {
             let audience = args.audience.clone().unwrap_or_else(|| target.origin());
             IdTokens::new(source, audience)
         });
-        let connector = Connector::new(
+        let resume = (!args.no_resume).then(|| ResumePolicy {
+            max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
+            session: crate::session::Config::bounded(
+                args.resume_timeout,
+                mib(args.buffer_budget_mib),
+            ),
+            ..ResumePolicy::default()
+        });
+        let mut connector = Connector::new(
             target,
             outer,
             args.max_streams_per_connection,
@@ -210,6 +218,9 @@ impl Forward {
         )
         .with_transport(args.reach.transport)
         .with_egress(args.reach.egress()?);
+        if let Some(resume) = &resume {
+            connector = connector.with_pressure(resume.session.budget.pressure());
+        }
         Ok(Forward {
             connector: Arc::new(connector),
             inner,
@@ -222,14 +233,7 @@ impl Forward {
                 .workers
                 .map_or_else(crate::transport::workers::default_count, usize::from),
             busy_poll: args.busy_poll,
-            resume: (!args.no_resume).then(|| ResumePolicy {
-                max_request_age: (!args.max_request_age.is_zero()).then_some(args.max_request_age),
-                session: crate::session::Config::bounded(
-                    args.resume_timeout,
-                    mib(args.buffer_budget_mib),
-                ),
-                ..ResumePolicy::default()
-            }),
+            resume,
         })
     }
 }

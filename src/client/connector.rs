@@ -32,7 +32,7 @@ use super::proxy::Egress;
 use super::reach::Transport;
 use super::resolve::Resolved;
 use super::target::Target;
-use crate::transport::settings;
+use crate::transport::settings::{self, Pressure};
 use crate::transport::stream::{H2Stream, StreamGuard};
 
 /// Why a tunnel could not be opened.
@@ -139,6 +139,9 @@ pub struct Connector {
     dialer: Option<Arc<Dialer>>,
     /// Straight to the front end, or through a forward proxy.
     egress: Arc<Egress>,
+    /// Whether the sessions' buffer budget is pressed, which narrows every
+    /// connection's stream windows (see `transport::settings::Pressure`).
+    pressure: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Connector {
@@ -162,7 +165,14 @@ impl Connector {
             websocket: Arc::new(AtomicBool::new(false)),
             dialer: None,
             egress: Arc::default(),
+            pressure: None,
         }
+    }
+
+    /// This connector's connections following the sessions' buffer budget.
+    pub(crate) fn with_pressure(mut self, pressure: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.pressure = Some(pressure);
+        self
     }
 
     /// This connector reaching the front end as `egress` says (a proxy).
@@ -223,6 +233,7 @@ impl Connector {
         sibling.websocket = self.websocket.clone();
         sibling.dialer = self.dialer.clone();
         sibling.egress = self.egress.clone();
+        sibling.pressure = self.pressure.clone();
         sibling
     }
 
@@ -429,17 +440,26 @@ impl Connector {
         }
         let on_end = dead.clone();
         let addr = self.addr();
+        let mut pressure = Pressure::new(self.pressure.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                r = conn => match r {
-                    Ok(()) => info!(%addr, "HTTP/2 connection closed"),
-                    Err(e) => {
-                        let reason = crate::transport::ended::in_words(&e);
-                        info!(%addr, %reason, "HTTP/2 connection to the front end ended")
+            let ended = loop {
+                tokio::select! {
+                    r = &mut conn => break Some(r),
+                    // Keepalive failure: drop the connection (and its streams).
+                    _ = on_end.cancelled() => break None,
+                    (stream, connection) = pressure.next() => {
+                        conn.set_target_window_size(connection);
+                        pressure.done(conn.set_initial_window_size(stream).is_ok());
                     }
-                },
-                // Keepalive failure: drop the connection (and its streams).
-                _ = on_end.cancelled() => {}
+                }
+            };
+            match ended {
+                Some(Ok(())) => info!(%addr, "HTTP/2 connection closed"),
+                Some(Err(e)) => {
+                    let reason = crate::transport::ended::in_words(&e);
+                    info!(%addr, %reason, "HTTP/2 connection to the front end ended")
+                }
+                None => {}
             }
             on_end.cancel();
         });

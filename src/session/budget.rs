@@ -10,6 +10,14 @@
 //! the peer back. Whoever frees bytes wakes every waiter and the first to
 //! poll wins: no queue, so no fairness above the floor, but a session that
 //! waits keeps moving at its floor's pace meanwhile.
+//!
+//! Readers that stop taking frames leave them in their HTTP/2 streams, and
+//! those frames hold the connection's window, which every stream of the
+//! connection shares: a few stalled streams would stop the rest, new
+//! tunnels' handshakes included. So the pool also says when it is
+//! [`Pool::pressure`]d (a draw failed; until a quarter is free again), and
+//! each HTTP/2 connection then narrows its stream windows and widens its
+//! connection window ([`crate::transport::settings::Pressure`]).
 
 use std::sync::Mutex;
 use std::task::Waker;
@@ -29,6 +37,8 @@ pub(crate) const CHUNK: usize = 256 * 1024;
 pub struct Pool {
     state: Mutex<PoolState>,
     total: usize,
+    /// Whether a draw has failed since a quarter of the pool was last free.
+    pressed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -46,6 +56,7 @@ impl Pool {
                 waiting: Vec::new(),
             }),
             total: bytes,
+            pressed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -57,6 +68,12 @@ impl Pool {
     /// The whole budget.
     pub fn total(&self) -> usize {
         self.total
+    }
+
+    /// Whether the pool is pressed: true from a failed draw until a quarter
+    /// of it is free again.
+    pub(crate) fn pressure(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.pressed.subscribe()
     }
 
     /// Bytes not drawn now.
@@ -79,6 +96,8 @@ impl Pool {
         if !st.waiting.iter().any(|w| w.will_wake(waker)) {
             st.waiting.push(waker.clone());
         }
+        self.pressed
+            .send_if_modified(|p| !std::mem::replace(p, true));
         false
     }
 
@@ -90,6 +109,9 @@ impl Pool {
         let waiting = {
             let mut st = self.lock();
             st.left = st.left.saturating_add(bytes).min(self.total);
+            if st.left >= self.total / 4 {
+                self.pressed.send_if_modified(std::mem::take);
+            }
             std::mem::take(&mut st.waiting)
         };
         for w in waiting {
@@ -159,8 +181,12 @@ mod tests {
         assert!(a.grow(&pool, 0, FLOOR, waker), "the floor is free");
         assert!(a.grow(&pool, FLOOR, 2 * CHUNK, waker));
         assert_eq!(pool.left(), 0);
+        let pressure = pool.pressure();
+        assert!(!*pressure.borrow(), "no draw has failed yet");
         assert!(!b.grow(&pool, FLOOR, 1, waker), "the budget is spent");
+        assert!(*pressure.borrow(), "a failed draw presses the pool");
         a.trim(&pool, 0);
+        assert!(!*pressure.borrow(), "a quarter of it is free again");
         assert!(b.grow(&pool, FLOOR, 1, waker), "after a trim");
         a.release(&pool);
         b.release(&pool);

@@ -41,3 +41,75 @@ pub fn client_builder() -> h2::client::Builder {
         .max_frame_size(MAX_FRAME);
     builder
 }
+
+/// Per-stream receive window while the process's buffer budget is pressed
+/// (see [`crate::session::budget`]): a stalled stream then pins at most this
+/// much more of its connection's window, so the connection's other streams
+/// keep moving. Sixteen frames of the peer's default size.
+pub const PRESSED_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Connection receive window while the budget is pressed: the window's worth
+/// that stalled streams may already pin, and as much again for the rest.
+pub const PRESSED_CONNECTION_WINDOW: u32 = 2 * CONNECTION_WINDOW;
+
+/// How soon a window change refused by h2 (an earlier SETTINGS still
+/// awaits its ACK) is tried again.
+const PRESSURE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Which windows an HTTP/2 connection should advertise as its process's
+/// buffer budget fills and empties: [`STREAM_WINDOW`] and
+/// [`CONNECTION_WINDOW`] normally, [`PRESSED_STREAM_WINDOW`] and
+/// [`PRESSED_CONNECTION_WINDOW`] while pressed.
+#[derive(Debug, Default)]
+pub(crate) struct Pressure {
+    /// `None`: an unbounded budget, never pressed.
+    pressed: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What the connection advertises now.
+    applied: bool,
+    /// What the last [`Pressure::next`] asked for.
+    want: bool,
+    /// The last change was refused: wait before the next try.
+    refused: bool,
+}
+
+impl Pressure {
+    /// Following `pressed` (see [`crate::session::budget::Pool::pressure`]).
+    pub(crate) fn new(pressed: Option<tokio::sync::watch::Receiver<bool>>) -> Pressure {
+        Pressure {
+            pressed,
+            ..Pressure::default()
+        }
+    }
+
+    /// Once the windows should change: the (stream, connection) windows to
+    /// advertise. Cancel-safe; report the outcome with [`Pressure::done`].
+    pub(crate) async fn next(&mut self) -> (u32, u32) {
+        let Some(pressed) = self.pressed.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let want = *pressed.borrow_and_update();
+            if want != self.applied {
+                if self.refused {
+                    tokio::time::sleep(PRESSURE_RETRY).await;
+                }
+                self.want = want;
+                return match want {
+                    true => (PRESSED_STREAM_WINDOW, PRESSED_CONNECTION_WINDOW),
+                    false => (STREAM_WINDOW, CONNECTION_WINDOW),
+                };
+            }
+            if pressed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Whether h2 took the stream window asked for by [`Pressure::next`].
+    pub(crate) fn done(&mut self, taken: bool) {
+        self.refused = !taken;
+        if taken {
+            self.applied = self.want;
+        }
+    }
+}
