@@ -53,6 +53,10 @@ pub enum Scenario {
     /// Destinations: first byte through `--socks5` against a fixed `--to`
     /// forward at the RTT, and new SOCKS5 tunnels per second.
     Destinations,
+    /// The WebSocket transport beside HTTP/2 (`--transport websocket`
+    /// against the main client): bulk and CPU per GB, idle ping-pong,
+    /// first byte and new tunnels per second.
+    Websocket,
     /// RSS per idle tunnel in each process, in a client and server started
     /// for it (last: it leaves thousands of tunnels closing).
     Memory,

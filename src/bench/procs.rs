@@ -202,6 +202,11 @@ impl Proc {
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
+    /// The name it was started with.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The child's process id.
     pub(super) fn pid(&self) -> u32 {
         self.child.id()

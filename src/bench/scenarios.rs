@@ -20,6 +20,7 @@ use super::{relay, traffic, Scenario, Sizes};
 mod beside;
 mod destinations;
 mod resume;
+mod websocket;
 
 /// The running topology shared by the scenarios.
 struct Env<'a> {
@@ -96,6 +97,7 @@ pub(super) async fn run_all(
             Scenario::Fairness => fairness(&env, report).await,
             Scenario::Resume => resume::resume(&env, report).await,
             Scenario::Destinations => destinations::destinations(&env, report).await,
+            Scenario::Websocket => websocket::websocket(&env, report).await,
             Scenario::Memory => memory(&env, report).await,
         };
         result.with_context(|| {

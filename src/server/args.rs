@@ -107,6 +107,12 @@ pub struct Args {
     /// ends requests at its own request timeout anyway).
     #[arg(long, value_parser = parse_duration)]
     pub max_lifetime: Option<Duration>,
+    /// Ping each WebSocket tunnel this often (`30s`, `1m`; 0 = never), so
+    /// front ends and proxies that drop idle connections keep it; a client
+    /// that answers no ping for two intervals is dropped (its session can
+    /// resume).
+    #[arg(long, env = "POSTERN_WEBSOCKET_PING", default_value = "30s", value_parser = parse_interval)]
+    pub websocket_ping: Duration,
     /// Do not offer resume: every tunnel is the plain byte stream, and a cut
     /// ends it.
     #[arg(long, env = "POSTERN_NO_RESUME")]

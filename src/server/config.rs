@@ -119,6 +119,7 @@ impl Config {
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
                 max_lifetime: args.max_lifetime,
+                websocket_ping: (!args.websocket_ping.is_zero()).then_some(args.websocket_ping),
             },
             drain_timeout: args.drain_timeout,
             watch_interval: (!args.watch_interval.is_zero()).then_some(args.watch_interval),

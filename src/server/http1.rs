@@ -128,10 +128,11 @@ fn asked(head: &[u8]) -> Asked {
 
 /// Serves one HTTP/1.1 connection: reads its request head (bounded, within
 /// `limit`), answers a health check or a refusal, or runs the upgrade over
-/// an in-process connection served by `h2`.
+/// an in-process connection served by `h2`, pinging every `ping`.
 pub(crate) async fn serve<S, F, Fut>(
     mut io: S,
     limit: std::time::Duration,
+    ping: Option<std::time::Duration>,
     h2: F,
 ) -> anyhow::Result<()>
 where
@@ -160,7 +161,8 @@ where
         Asked::Upgrade { path, headers, key } => (path, headers, key),
     };
     let (near, far) = tokio::io::duplex(HOP_WINDOW as usize);
-    let (served, bridged) = tokio::join!(h2(far), bridge(near, io, rest, path, headers, key));
+    let (served, bridged) =
+        tokio::join!(h2(far), bridge(near, io, rest, (path, headers, key), ping));
     bridged.and(served)
 }
 
@@ -168,9 +170,8 @@ async fn bridge<S>(
     near: tokio::io::DuplexStream,
     mut io: S,
     rest: Vec<u8>,
-    path: String,
-    headers: HeaderMap,
-    key: String,
+    (path, headers, key): (String, HeaderMap, String),
+    ping: Option<std::time::Duration>,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -226,7 +227,7 @@ where
         io.write_all(head.as_bytes()).await?;
         io.flush().await?;
         let ws = websocket::after_handshake(io, rest, Role::Server).await;
-        websocket::pump(ws, stream, body, None).await;
+        websocket::pump(ws, stream, body, ping).await;
         anyhow::Ok(())
     };
     tokio::select! {

@@ -150,7 +150,8 @@ where
     if h2 {
         return h2_connection(io, peer, behind_front, config, grant, shutdown).await;
     }
-    http1::serve(io, limit, |hop| {
+    let ping = config.limits.websocket_ping;
+    http1::serve(io, limit, ping, |hop| {
         h2_connection(hop, peer, behind_front, config, grant, shutdown)
     })
     .await

@@ -42,6 +42,8 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Close tunnels this long after they opened.
     pub max_lifetime: Option<Duration>,
+    /// Ping WebSocket tunnels this often (and drop one silent for two).
+    pub websocket_ping: Option<Duration>,
 }
 
 /// One admitted tunnel request: its path, where it came from, the material

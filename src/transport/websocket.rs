@@ -18,7 +18,8 @@
 //!   4010 CONNECT_ERROR); any other close, or a connection lost without
 //!   one, resets it with CANCEL: a cut, which a session resumes.
 //!
-//! Pings are the keepalive: a side that pings and hears nothing for two
+//! Pings are the keepalive (the client's `--keepalive`, the server's
+//! `--websocket-ping`): a side that pings and hears nothing for two
 //! intervals drops the connection. Messages and frames are bounded by
 //! [`MAX_MESSAGE`], so what one connection buffers before authentication
 //! stays within the pre-authentication windows of the stream behind it.

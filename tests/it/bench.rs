@@ -46,3 +46,55 @@ fn bench_bulk_writes_positive_figures() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The WebSocket scenario: every row has a positive figure for the
+/// WebSocket and for HTTP/2 beside it, bulk, CPU, round trips, first byte
+/// and tunnel rate alike.
+#[test]
+fn bench_websocket_writes_positive_figures_beside_http2() {
+    let dir = std::env::temp_dir().join(format!("postern-bench-ws-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args([
+            "bench",
+            "--quick",
+            "--scenario",
+            "websocket",
+            "--bulk-mib",
+            "16",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let count = |unit: &str| rows.iter().filter(|r| r["unit"] == unit).count();
+    // Upload and download; their CPU; p50 and p99; first byte against an
+    // open and a cold HTTP/2 connection at p50 and p99; the tunnel rate.
+    assert_eq!(
+        [
+            count("MB/s"),
+            count("s/GB"),
+            count("µs"),
+            count("ms"),
+            count("1/s")
+        ],
+        [2, 2, 2, 4, 1],
+        "{rows:?}"
+    );
+    for row in rows {
+        assert_eq!(row["scenario"], "websocket", "{row}");
+        let ws = row["postern"].as_f64().unwrap();
+        let h2 = row["baseline"].as_f64().unwrap();
+        assert!(ws > 0.0 && h2 > 0.0, "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -333,3 +333,67 @@ async fn a_stock_websocket_client_opens_a_plain_tunnel() {
     assert_eq!(report.totals.outbound, data.len() as u64);
     shutdown.cancel();
 }
+
+/// The server pings every WebSocket (`--websocket-ping`): a stock client
+/// (tokio-tungstenite) that keeps reading answers them and its tunnel
+/// stays up; one that stops reading answers nothing and is dropped after
+/// two intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_websockets_and_drops_a_silent_one() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = TestBackend::start(Backend::Echo).await;
+    let shutdown = CancellationToken::new();
+    let flags = ["--no-inner-tls", "--websocket-ping", "200ms"];
+    let (server, _reports) = start_server(backend.addr, &flags, &shutdown).await;
+    let url = format!("ws://127.0.0.1:{}/", server.port());
+    let open = || async {
+        let tcp = TcpStream::connect(server).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .expect("upgrade");
+        ws
+    };
+
+    let mut ws = open().await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(msg) = tokio::time::timeout_at(until, ws.next()).await {
+        match msg.expect("the connection stays up").expect("a message") {
+            Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 1.5 s at 200 ms");
+    ws.send(Message::Binary(b"still here".to_vec().into()))
+        .await
+        .expect("send");
+    let echoed = tokio::time::timeout(LIMIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return b,
+                Some(Ok(Message::Ping(_))) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the echo");
+    assert_eq!(&echoed[..], b"still here");
+
+    // Silent: not reading, so no pong goes back; the server gives up.
+    let mut silent = open().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ended = tokio::time::timeout(LIMIT, async {
+        loop {
+            match silent.next().await {
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server kept a silent WebSocket");
+    shutdown.cancel();
+}

@@ -66,10 +66,52 @@ backend postern
     )
 }
 
+/// HTTP/1.1 on both sides: TLS offering only ALPN http/1.1 to clients and
+/// HTTP/1.1 to the upstream, where WebSocket upgrades pass (`timeout
+/// tunnel` bounds an upgraded connection's idleness instead of
+/// `client`/`server`).
+fn config_http1(port: u16, pem: &str, upstream: SocketAddr) -> String {
+    format!(
+        r#"global
+	log stderr format raw local0 info
+
+defaults
+	mode http
+	log global
+	log-format "request status=%ST resumed=%[ssl_fc_is_resumed] early_secret=-"
+	timeout connect 5s
+	timeout client 120s
+	timeout server 120s
+	timeout tunnel 120s
+
+frontend front
+	bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
+	default_backend postern
+
+backend postern
+	server upstream {upstream}
+"#
+    )
+}
+
 impl HAProxy {
     /// Starts HAProxy on a fresh port in front of `upstream` (an h2c server),
     /// with the PKI's `front` certificate.
     pub(crate) async fn start(pki: &Pki, upstream: SocketAddr) -> HAProxy {
+        Self::start_with(pki, upstream, config).await
+    }
+
+    /// Starts HAProxy speaking only HTTP/1.1, to clients (ALPN http/1.1)
+    /// and to `upstream`.
+    pub(crate) async fn start_http1(pki: &Pki, upstream: SocketAddr) -> HAProxy {
+        Self::start_with(pki, upstream, config_http1).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        upstream: SocketAddr,
+        config: fn(u16, &str, SocketAddr) -> String,
+    ) -> HAProxy {
         let dir = TempDir::new("haproxy");
         let chain = std::fs::read_to_string(pki.p("front.pem")).expect("front cert");
         let key = std::fs::read_to_string(pki.p("front-key.pem")).expect("front key");
@@ -90,6 +132,11 @@ impl HAProxy {
     /// HAProxy's own log, for failure messages.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path("haproxy.log")).unwrap_or_default()
+    }
+
+    /// `https://localhost:PORT/`, the URL a client is given.
+    pub(crate) fn url(&self) -> String {
+        format!("https://localhost:{}/", self.port)
     }
 
     /// The requests logged so far, in the order they ended.
