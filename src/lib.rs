@@ -58,7 +58,8 @@
 //! - [`tls`]: `provider` (the crypto provider), `config` (outer and inner
 //!   rustls configs), `early` (the server's outer TLS stream, which serves
 //!   0-RTT data before the handshake ends), `verify` (identity-checking
-//!   verifiers), `slot`
+//!   verifiers), `intercept` (the outer verifier that names the issuer
+//!   it refuses: a TLS-intercepting proxy's CA), `slot`
 //!   (swappable certificates), `failure` (classified handshake failures),
 //!   `pem` (loading and checking PEM files).
 //! - [`authz`]: `identity` (the peer's verified identity), `pattern`

@@ -54,6 +54,17 @@ pub enum OpenError {
         /// What rustls said.
         reason: std::io::Error,
     },
+    /// The outer certificate's issuer is not trusted: an intercepting
+    /// proxy (or a private CA without `--tls-ca`).
+    #[error("TLS to {host}: {}", crate::tls::explain_untrusted(host, issuer, proxy.as_deref()))]
+    Untrusted {
+        /// The front end's host name.
+        host: String,
+        /// The presented certificate's issuer.
+        issuer: String,
+        /// The proxy the connection went through, if any.
+        proxy: Option<String>,
+    },
     /// The front end (or a proxy on the way) does not speak HTTP/2.
     #[error(
         "{host} answered ALPN {alpn} instead of h2: the path downgraded HTTP/2 (a proxy \
@@ -391,9 +402,16 @@ impl Connector {
                     .early_data(true)
                     .connect(name, tcp)
                     .await
-                    .map_err(|reason| OpenError::Tls {
-                        host: host.clone(),
-                        reason,
+                    .map_err(|reason| match crate::tls::untrusted(&reason) {
+                        Some(untrusted) => OpenError::Untrusted {
+                            host: host.clone(),
+                            issuer: untrusted.issuer.clone(),
+                            proxy: self.egress.hop(&self.target).map(|hop| hop.proxy),
+                        },
+                        None => OpenError::Tls {
+                            host: host.clone(),
+                            reason,
+                        },
                     })?;
                 // Mid-handshake (0-RTT) nothing is negotiated yet; the
                 // session resumed was one on which h2 was, and a server

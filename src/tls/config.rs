@@ -170,10 +170,16 @@ pub fn outer_client_config(
                 .with_context(|| format!("--tls-ca {}: unusable CA certificate", path.display()))?;
         }
     }
+    // Webpki's verifier as `with_root_certificates` would build it, wrapped
+    // only to name the issuer it refuses (an intercepting proxy's CA).
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .context("outer TLS verifier")?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(super::intercept::Explained(webpki)))
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_early_data = early_data;

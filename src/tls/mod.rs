@@ -13,6 +13,7 @@
 mod config;
 pub mod early;
 mod failure;
+mod intercept;
 pub mod pem;
 mod provider;
 mod slot;
@@ -23,6 +24,7 @@ pub use config::{
     outer_server_config, peer_identity, ALPN_H2, ALPN_HTTP1, EARLY_DATA_LIMIT,
 };
 pub use failure::HandshakeFailure;
+pub(crate) use intercept::{explain as explain_untrusted, untrusted};
 pub use provider::{provider, RecordCiphers};
 pub use slot::CertSlot;
 

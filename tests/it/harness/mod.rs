@@ -8,6 +8,7 @@ pub(crate) mod child;
 pub(crate) mod early_watch;
 pub(crate) mod haproxy;
 pub(crate) mod hooks;
+pub(crate) mod mitmproxy;
 pub(crate) mod peer;
 pub(crate) mod rawh2;
 mod stack;
