@@ -89,7 +89,8 @@ async fn memory_goes_back_once_never_reading_tunnels_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks_tunnels_that_never_read_stay_within_the_budget_and_give_it_back() {
     let formula = (PROCESS_MIB + DEFAULT_BUDGET_MIB) * 1024 + SOCKS_TUNNELS as u64 * PER_TUNNEL_KIB;
-    let windows = SOCKS_TUNNELS.div_ceil(STREAMS_PER_CONNECTION) as u64 * CLIENT_WINDOWS_MIB << 10;
+    let windows =
+        (SOCKS_TUNNELS.div_ceil(STREAMS_PER_CONNECTION) as u64 * CLIENT_WINDOWS_MIB) << 10;
     for Figures {
         who,
         base,
