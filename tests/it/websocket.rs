@@ -196,16 +196,7 @@ async fn auto_picks_websocket_behind_a_front_end_offering_only_http1() {
         &shutdown,
     )
     .await;
-    for seed in 0..2 {
-        let data = random_bytes(500_000, 45 + seed);
-        let back = round_trip(auto, &data).await.expect("auto round trip");
-        assert_eq!(
-            String::from_utf8_lossy(&back),
-            sha256(&data),
-            "{}",
-            front.log()
-        );
-    }
+    hashed_round_trips(auto, 45, 2, &|| front.log()).await;
     assert_eq!(backend.accepts(), 2);
     shutdown.cancel();
 }

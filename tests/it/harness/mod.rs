@@ -225,6 +225,22 @@ pub(crate) async fn echo(sock: &mut TcpStream, seed: u64) {
     assert!(back == data, "echo {seed} came back altered");
 }
 
+/// `count` tunnels through `addr` to a hashing backend, each sending 500 KB
+/// of random bytes from `seed` on: each must come back as its SHA-256
+/// (`log` tells what went wrong otherwise).
+pub(crate) async fn hashed_round_trips(
+    addr: SocketAddr,
+    seed: u64,
+    count: u64,
+    log: &dyn Fn() -> String,
+) {
+    for seed in seed..seed + count {
+        let data = random_bytes(500_000, seed);
+        let back = round_trip(addr, &data).await.expect("hashed round trip");
+        assert_eq!(String::from_utf8_lossy(&back), sha256(&data), "{}", log());
+    }
+}
+
 /// Writes `data` to `addr`, half-closes, and reads everything that comes back.
 pub(crate) async fn round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut sock = TcpStream::connect(addr).await?;
