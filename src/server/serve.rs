@@ -169,14 +169,14 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// stops reading: the writer simply waits for capacity.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 
-/// How often a raise of the stream window that h2 refused is tried again.
+/// How often a change of the stream window that h2 refused is tried again.
 /// h2 refuses a change of SETTINGS while its previous one awaits the peer's
 /// ACK, and says nothing when that ACK comes. A resume is the first request
 /// on a new connection and authenticates at once, so its raise meets the
 /// connection's first SETTINGS still unacknowledged (for a round trip after
 /// the preface); without a retry the carrier kept the 64 KiB stream window
 /// for its whole life (a 4 MiB upload at 20 ms RTT: 2-3 s instead of 0.06 s).
-const RAISE_RETRY: Duration = Duration::from_millis(10);
+const WINDOW_RETRY: Duration = Duration::from_millis(10);
 
 /// `behind_front`: plain h2c, so `x-forwarded-for` was written by the front end.
 /// The windows start at the pre-authentication sizes and follow the
@@ -208,7 +208,11 @@ where
         )?
         .context("HTTP/2 handshake (is the front end speaking h2c? deploy with --use-http2)")?;
     let share = Arc::new(Share::default());
-    let mut stream_window_raised = false;
+    // Stream and connection windows follow the authenticated tunnels and
+    // the sessions' budget (see [`windows`]).
+    let mut pressure = config.resume.as_ref().map(|r| r.pressure());
+    let mut pressed = false;
+    let mut stream_window = windows::PREAUTH_STREAM_WINDOW;
     let mut draining = false;
     // Since when no request has been open, and when a connection told to go
     // away for idling is cut off if its peer does not finish the goodbye.
@@ -231,33 +235,51 @@ where
                 None => std::future::pending().await,
             }
         };
-        let raise_due = share.established() > 0 && !stream_window_raised;
+        let retry_due = windows::stream_window(share.established(), pressed) != stream_window;
         let retry = async move {
-            if raise_due {
-                tokio::time::sleep(RAISE_RETRY).await
+            if retry_due {
+                tokio::time::sleep(WINDOW_RETRY).await
             } else {
                 std::future::pending().await
+            }
+        };
+        let press = async {
+            match pressure.as_mut() {
+                Some(p) => p.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
         };
         let next = tokio::select! {
             next = conn.accept() => next,
             _ = share.changed() => {
                 let established = share.established();
-                let window = grant.resize(windows::connection_window(established));
+                let mut window = grant.resize(windows::connection_window(established));
+                if pressed {
+                    window = window.saturating_add(windows::pressed_headroom(share.open()));
+                }
                 conn.set_target_window_size(window);
-                if established > 0 && !stream_window_raised {
-                    // Fails only while an earlier change awaits its ACK; the
-                    // retry below tries again.
-                    stream_window_raised = conn
-                        .set_initial_window_size(settings::STREAM_WINDOW)
-                        .is_ok();
+                let want = windows::stream_window(established, pressed);
+                // Fails only while an earlier change awaits its ACK; the
+                // retry below tries again.
+                if want != stream_window && conn.set_initial_window_size(want).is_ok() {
+                    stream_window = want;
                 }
                 continue;
             }
+            alive = press => {
+                match alive {
+                    true => pressed = pressure.as_mut().is_some_and(|p| *p.borrow_and_update()),
+                    false => pressure = None,
+                }
+                // Applied with the windows above, at once.
+                share.poke();
+                continue;
+            }
             _ = retry => {
-                stream_window_raised = conn
-                    .set_initial_window_size(settings::STREAM_WINDOW)
-                    .is_ok();
+                let want = windows::stream_window(share.established(), pressed);
+                if conn.set_initial_window_size(want).is_ok() {
+                    stream_window = want;
+                }
                 continue;
             }
             _ = idle => {

@@ -22,6 +22,15 @@
 //! new ones (at 512 MiB: 384 MiB of raises, ~46 connections at full speed,
 //! and room for 512 more first windows); a connection the budget cannot
 //! give even its first window is closed.
+//!
+//! When the sessions' own budget is spent (`session::budget`), stalled
+//! tunnels stop reading and their unread DATA pins the connection window,
+//! which would starve every other stream of the connection, new tunnels'
+//! handshakes first. While it is pressed a connection therefore advertises
+//! stream windows of [`settings::PRESSED_STREAM_WINDOW`] and widens its
+//! connection window by one such window per open request, plus one
+//! ([`pressed_headroom`]): what stalled streams already pin stays pinned,
+//! and the rest of the connection keeps moving.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +72,26 @@ pub(super) fn connection_window(established: usize) -> u32 {
     let earned = u64::from(PREAUTH_CONNECTION_WINDOW)
         + established as u64 * u64::from(settings::STREAM_WINDOW);
     earned.min(u64::from(settings::CONNECTION_WINDOW)) as u32
+}
+
+/// The stream window a connection with `established` authenticated tunnels
+/// advertises, `pressed` or not.
+pub(super) fn stream_window(established: usize, pressed: bool) -> u32 {
+    match (established, pressed) {
+        (0, _) => PREAUTH_STREAM_WINDOW,
+        (_, true) => settings::PRESSED_STREAM_WINDOW,
+        (_, false) => settings::STREAM_WINDOW,
+    }
+}
+
+/// What a connection with `open` requests adds to its connection window
+/// while the sessions' budget is pressed: each of them can pin at most one
+/// pressed stream window more, and one more is left for handshakes. Outside
+/// the windows budget (which stalled streams have spent by then): bounded
+/// by 256 KiB per open tunnel.
+pub(super) fn pressed_headroom(open: usize) -> u32 {
+    let bytes = (open as u64 + 1) * u64::from(settings::PRESSED_STREAM_WINDOW);
+    bytes.min(u64::from(settings::CONNECTION_WINDOW) * 4) as u32
 }
 
 /// The process-wide budget of receive-window bytes, shared by all connections.
@@ -199,6 +228,12 @@ impl Share {
     pub(super) async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// Makes the next [`Share::changed`] resolve at once, so that the
+    /// windows are worked out again.
+    pub(super) fn poke(&self) {
+        self.changed.notify_one();
+    }
 }
 
 /// One open request of a connection; marks its tunnel established once.
@@ -276,6 +311,16 @@ mod tests {
             PREAUTH_CONNECTION_WINDOW + settings::STREAM_WINDOW
         );
         assert_eq!(connection_window(1000), settings::CONNECTION_WINDOW);
+    }
+
+    #[test]
+    fn a_pressed_budget_narrows_stream_windows_and_leaves_room_per_request() {
+        assert_eq!(stream_window(0, true), PREAUTH_STREAM_WINDOW);
+        assert_eq!(stream_window(1, false), settings::STREAM_WINDOW);
+        assert_eq!(stream_window(1, true), settings::PRESSED_STREAM_WINDOW);
+        assert_eq!(pressed_headroom(0), settings::PRESSED_STREAM_WINDOW);
+        assert_eq!(pressed_headroom(99), 100 * settings::PRESSED_STREAM_WINDOW);
+        assert_eq!(pressed_headroom(100_000), 4 * settings::CONNECTION_WINDOW);
     }
 
     #[test]

@@ -71,6 +71,12 @@ impl Registry {
         }
     }
 
+    /// Whether the sessions' buffer budget is pressed (see
+    /// [`super::budget::Pool::pressure`]).
+    pub(crate) fn pressure(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.config.budget.pressure()
+    }
+
     /// The grace period sessions get.
     pub fn grace(&self) -> Duration {
         self.config.grace
